@@ -1,0 +1,59 @@
+"""ZeroMQ socket setup for the bus, in one place.
+
+The core binds a ROUTER; every extension connects a DEALER. Options that
+keep a peer from exhausting the other's memory or blocking it live here, so
+the core and the extension SDK cannot drift apart. Security settings
+(CurveZMQ) are applied here too when configured.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from interlook_core.protocol import MAX_MESSAGE_BYTES
+
+__all__ = ["open_dealer", "open_router"]
+
+# Messages queued per peer before sends fail fast with EAGAIN instead of
+# growing memory without bound.
+HIGH_WATER_MARK = 100_000
+
+
+def _common(socket: zmq.Socket) -> None:
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    # Notice a half-open TCP peer (a host that vanished) within minutes.
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+
+
+def open_router(context: zmq.Context, endpoint: str) -> zmq.Socket:
+    """Bind the core's ROUTER socket.
+
+    Sends to an unknown or vanished peer raise ``zmq.ZMQError`` with
+    ``EHOSTUNREACH`` instead of being dropped silently.
+    """
+    socket = context.socket(zmq.ROUTER)
+    _common(socket)
+    socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError:
+        socket.close(linger=0)
+        raise
+    return socket
+
+
+def open_dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
+    """Connect an extension's DEALER socket to the core.
+
+    The routing id is left to the core's ROUTER: two instances with the
+    same extension name must never share one.
+    """
+    socket = context.socket(zmq.DEALER)
+    _common(socket)
+    socket.connect(endpoint)
+    return socket
