@@ -2,7 +2,7 @@
 # Stop the private Docker engine started by start-dockerd.sh.
 #
 # Usage: stop-dockerd.sh [DIR]   (default /tmp/interlook-dockerd)
-# Leaves the swarm and removes all containers first, so that a later start from the
+# Removes all containers and leaves the swarm first, so that a later start from the
 # same DIR begins clean and shutdown does not wait for containers that ignore SIGTERM.
 # Exits 0 when no engine runs from DIR.
 set -euo pipefail
@@ -36,7 +36,7 @@ if [[ -S $sock ]] && command -v docker >/dev/null && dk info >/dev/null 2>&1; th
     # Containers go first with SIGKILL: a swarm leave or a daemon shutdown would stop
     # them with SIGTERM and wait out the grace period for each one that ignores it
     # (a busybox "sleep" running as pid 1 does). Once more after leaving, for any
-    # task the swarm started in between.
+    # container the swarm started in between.
     remove_containers
     dk swarm leave --force >/dev/null 2>&1 || true
     remove_containers
