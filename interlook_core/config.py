@@ -52,7 +52,7 @@ ConfigPath = Annotated[str, AfterValidator(_relative_to_config)]
 class ExtensionSettings(BaseModel):
     """Base of every extension's settings: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 _STEP = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z0-9][a-z0-9_-]*$")
@@ -107,14 +107,14 @@ class CoreSettings(ExtensionSettings):
     workflowSteps: Annotated[tuple[str, ...], BeforeValidator(_steps)]
     workflowEntriesFile: ConfigPath = "./var/entries.db"
     workflowEntriesSync: bool = False
-    checkFlowInterval: Duration = Field(1.0, gt=0)
-    workflowHousekeeperInterval: Duration = Field(10.0, gt=0)
-    serviceWIPTimeout: Duration = Field(30.0, gt=0)
+    checkFlowInterval: Duration = Field("1s", gt=0)
+    workflowHousekeeperInterval: Duration = Field("10s", gt=0)
+    serviceWIPTimeout: Duration = Field("30s", gt=0)
     serviceWIPMaxResends: int = Field(3, ge=0, le=100)
-    serviceRetryMaxInterval: Duration = Field(300.0, gt=0)
-    cleanUndeployedServiceAfter: Duration = Field(600.0, ge=0)
-    serviceMaxLastUpdated: Duration = Field(90.0, gt=0)
-    heartbeatInterval: Duration = Field(2.0, ge=0.1, le=600)
+    serviceRetryMaxInterval: Duration = Field("5m", gt=0)
+    cleanUndeployedServiceAfter: Duration = Field("10m", ge=0)
+    serviceMaxLastUpdated: Duration = Field("90s", gt=0)
+    heartbeatInterval: Duration = Field("2s", ge=0.1, le=600)
 
 
 @dataclass

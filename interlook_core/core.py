@@ -66,6 +66,7 @@ class Core:
         self._pump_scheduled = False
         self._freed_steps: set[str] = set()
         self._warned_peers: set[bytes] = set()
+        self._refresh_waiting = False
 
     # -- life cycle ----------------------------------------------------------
 
@@ -448,12 +449,15 @@ class Core:
     def _ask_refresh(self, names: list[str]) -> None:
         providers = self.instances.named(self.workflow.provider)
         if not providers:
-            self.log.info(
-                "REFRESH_WAITING services=%d reason=no %s connected",
-                len(names),
-                self.workflow.provider,
-            )
+            if not self._refresh_waiting:
+                self.log.info(
+                    "REFRESH_WAITING services=%d reason=no %s connected",
+                    len(names),
+                    self.workflow.provider,
+                )
+            self._refresh_waiting = True
             return
+        self._refresh_waiting = False
         provider = min(providers, key=lambda i: i.last_used)
         provider.last_used = time.time()
         for start in range(0, len(names), REFRESH_CHUNK):

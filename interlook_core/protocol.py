@@ -126,7 +126,7 @@ def _check_field(command: bytes, key: str, value: Any, kind: type | tuple[type, 
     # bool is an int in Python: an integer field must not accept true/false.
     if isinstance(value, bool) and kind is int or not isinstance(value, kind):
         raise ProtocolError(
-            f"{command.decode()}: field {key!r} must be a {_type_name(kind)}, "
+            f"{command.decode()}: field {key!r} must be of type {_type_name(kind)}, "
             f"not {type(value).__name__}"
         )
     if isinstance(value, str) and len(value) > MAX_STRING:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class FileProviderSettings(ExtensionSettings):
     path: ConfigPath
-    pollInterval: Duration = Field(0.5, gt=0, le=60)
+    pollInterval: Duration = Field("500ms", gt=0, le=60)
 
 
 class _BadFile(Exception):

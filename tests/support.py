@@ -52,6 +52,8 @@ def wait_until(
     while time.monotonic() < deadline:
         try:
             value = condition()
+        except AssertionError:
+            raise
         except Exception as exc:  # the condition may poll a server still starting
             last_error = exc
             value = None
@@ -192,7 +194,16 @@ class Cluster:
 
     def core(self) -> Process:
         process = self.start("core")
-        wait_until(lambda: self.api.get("/health"), 20, what="the core's API")
+
+        def serving() -> Any:
+            if process.popen.poll() is not None:
+                raise AssertionError(f"the core exited:\n{process.output()}")
+            return self.api.get("/health")
+
+        try:
+            wait_until(serving, 20, what="the core's API")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{process.output()[-5000:]}") from None
         return process
 
     def ext(self, name: str, *extra: str) -> Process:
@@ -219,7 +230,78 @@ def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest):
     yield make
     for cluster in clusters:
         cluster.stop()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
+    reports = [getattr(request.node, f"rep_{when}", None) for when in ("setup", "call")]
+    if any(report is not None and report.failed for report in reports):
         for cluster in clusters:
             print(cluster.logs()[-20000:])
+
+
+class FakeExtension:
+    """A peer speaking the raw protocol with pyzmq and msgpack, driven by a test."""
+
+    def __init__(self, endpoint: str, name: str, role: str = "provisioner") -> None:
+        import zmq
+
+        self.name = name
+        self.role = role
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def send_raw(self, frames: list[bytes]) -> None:
+        self.socket.send_multipart(frames)
+
+    def send(self, command: bytes, body: dict[str, Any]) -> None:
+        from interlook_core import protocol
+
+        self.socket.send_multipart(protocol.encode(command, body))
+
+    def recv(self, timeout: float = 10.0, skip_heartbeats: bool = True):
+        """The next message (command, body); None on timeout."""
+        from interlook_core import protocol
+
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.socket.poll(int(left * 1000)):
+                return None
+            message = protocol.decode(self.socket.recv_multipart())
+            if skip_heartbeats and message.command == protocol.HEARTBEAT:
+                continue
+            return message.command, message.body
+        return None
+
+    def expect(self, command: bytes, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait for ``command``, answering heartbeats; fail on anything else."""
+        from interlook_core import protocol
+
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            got = self.recv(left)
+            if got is None:
+                break
+            if got[0] == command:
+                return got[1]
+            if got[0] != protocol.HEARTBEAT:
+                raise AssertionError(f"expected {command!r}, got {got}")
+        raise AssertionError(f"no {command!r} within {timeout}s")
+
+    def register(self, capacity: int = 1, heartbeat_ms: int = 5000) -> dict[str, Any]:
+        from interlook_core import protocol
+
+        self.send(
+            protocol.REGISTER,
+            {
+                "name": self.name,
+                "role": self.role,
+                "host": "test",
+                "pid": os.getpid(),
+                "capacity": capacity,
+                "heartbeat_ms": heartbeat_ms,
+            },
+        )
+        return self.expect(protocol.WELCOME)
+
+    def close(self) -> None:
+        self.socket.close(0)
+        self.context.term()
