@@ -47,15 +47,7 @@ logfile_maxbytes=0
 loglevel=warn
 pidfile={runtime_dir / "supervisord.pid"}
 childlogdir={runtime_dir}
-
-[unix_http_server]
-file={runtime_dir / "supervisor.sock"}
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{runtime_dir / "supervisor.sock"}
+{"user=root" if os.geteuid() == 0 else ""}
 """,
         _program("core", [*interlook, "core", "-c", str(config.path)], 10),
     ]
