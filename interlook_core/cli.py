@@ -20,6 +20,7 @@ from interlook_core import __version__
 from interlook_core.config import Config, load_config, validate_section
 from interlook_core.errors import ConfigError, InterlookError, StoreError
 from interlook_core.logsetup import setup_logging
+from interlook_core.security import CurveKeys, generate_keys, load_key_pair, load_public_key
 
 __all__ = ["main"]
 
@@ -103,11 +104,17 @@ async def _serve_extension(args: argparse.Namespace, config: Config) -> int:
     settings = validate_section(config, args.name, cls.settings_model)
     extension = cls(args.name, settings)
     capacity = args.capacity or getattr(settings, "capacity", None) or cls.capacity
+    keys = None
+    if config.curve is not None:
+        pair = load_key_pair(config.curve.secretKeyFile)
+        server = load_public_key(config.curve.serverPublicKey)
+        keys = CurveKeys(public=pair.public, secret=pair.secret, server_public=server)
     runner = ExtensionRunner(
         extension,
         args.endpoint or config.core.endpoint,
         heartbeat=config.core.heartbeatInterval,
         capacity=capacity,
+        keys=keys,
     )
     stop = asyncio.Event()
     _stop_on_signals(stop)
@@ -134,6 +141,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     print(f"{config.path}: OK, workflow {','.join(config.core.workflowSteps)}")
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    public, secret = generate_keys(args.name, args.dir)
+    text = load_public_key(str(public)).decode("ascii")
+    print(f"public key: {public}\nsecret key: {secret} (keep it on this host only)")
+    print(f"public key text (for authorizedKeys or serverPublicKey): {text}")
     return 0
 
 
@@ -214,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the API's JSON")
     status.set_defaults(func=_cmd_status)
     add("check", "check a configuration file and exit").set_defaults(func=_cmd_check)
+    keys = commands.add_parser("keys", help="CurveZMQ key pairs for the bus")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    generate = key_commands.add_parser(
+        "generate",
+        help="write NAME.key (public) and NAME.key_secret (secret)",
+        description="Write a CurveZMQ key pair for the core or an extension.",
+    )
+    generate.add_argument("name", help="file name stem, e.g. core or lb-host2")
+    generate.add_argument("--dir", default=".", help="where to write the files (default .)")
+    generate.set_defaults(func=_cmd_keys)
     return parser
 
 

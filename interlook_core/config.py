@@ -15,15 +15,25 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from interlook_core.durations import parse_duration
 from interlook_core.errors import ConfigError
+from interlook_core.security import is_loopback_endpoint
 
 __all__ = [
     "Config",
     "ConfigPath",
     "CoreSettings",
+    "CurveClientSettings",
+    "CurveServerSettings",
     "Duration",
     "ExtensionSettings",
     "load_config",
@@ -94,6 +104,27 @@ def _endpoint(value: Any, info: pydantic.ValidationInfo) -> Any:
     return value
 
 
+class CurveServerSettings(ExtensionSettings):
+    """``core.curve``: the core's key pair and who may connect as what."""
+
+    secretKeyFile: ConfigPath
+    authorizedKeys: ConfigPath
+
+
+class CurveClientSettings(ExtensionSettings):
+    """The top-level ``curve`` section read by extension processes."""
+
+    serverPublicKey: str
+    secretKeyFile: ConfigPath
+
+    @model_validator(mode="after")
+    def _key_or_file(self, info: pydantic.ValidationInfo) -> CurveClientSettings:
+        key = self.serverPublicKey
+        if len(key) != 40:
+            object.__setattr__(self, "serverPublicKey", _relative_to_config(key, info))
+        return self
+
+
 class CoreSettings(ExtensionSettings):
     """The ``core`` section; see the configuration reference in README.md."""
 
@@ -115,6 +146,19 @@ class CoreSettings(ExtensionSettings):
     cleanUndeployedServiceAfter: Duration = Field("10m", ge=0)
     serviceMaxLastUpdated: Duration = Field("90s", gt=0)
     heartbeatInterval: Duration = Field("2s", ge=0.1, le=600)
+    curve: CurveServerSettings | None = None
+    allowInsecureBind: bool = False
+
+    @model_validator(mode="after")
+    def _refuse_open_plaintext(self) -> CoreSettings:
+        if self.curve is None and not self.allowInsecureBind:
+            if not is_loopback_endpoint(self.endpoint):
+                raise ValueError(
+                    f"endpoint {self.endpoint} is reachable from other hosts without "
+                    "encryption; configure core.curve, or set core.allowInsecureBind: true "
+                    "to accept that risk"
+                )
+        return self
 
 
 @dataclass
@@ -123,6 +167,7 @@ class Config:
 
     path: Path
     core: CoreSettings
+    curve: CurveClientSettings | None = None
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     lines: dict[tuple[str, ...], int] = field(default_factory=dict)
 
@@ -261,9 +306,22 @@ def load_config(path: str | Path, known_steps: set[str] | None = None) -> Config
     except pydantic.ValidationError as exc:
         raise ConfigError(_format_error(config_path, lines, ("core",), exc.errors()[0])) from None
 
+    curve = None
+    if "curve" in data:
+        if not isinstance(data["curve"], dict):
+            raise ConfigError(f"{config_path}:{lines.get(('curve',), 1)}: curve: must be a map")
+        try:
+            curve = CurveClientSettings.model_validate(
+                data["curve"], context={"base_dir": config_path.parent}
+            )
+        except pydantic.ValidationError as exc:
+            raise ConfigError(
+                _format_error(config_path, lines, ("curve",), exc.errors()[0])
+            ) from None
+
     sections: dict[str, dict[str, Any]] = {}
     for kind, section in data.items():
-        if kind == "core":
+        if kind in ("core", "curve"):
             continue
         where = f"{config_path}:{lines.get((str(kind),), 1)}"
         if not isinstance(section, dict):
@@ -289,4 +347,4 @@ def load_config(path: str | Path, known_steps: set[str] | None = None) -> Config
                     f"core.workflowSteps: {step!r} names no installed extension; "
                     f"installed: {', '.join(sorted(known_steps))}"
                 )
-    return Config(path=config_path, core=core, sections=sections, lines=lines)
+    return Config(path=config_path, core=core, curve=curve, sections=sections, lines=lines)

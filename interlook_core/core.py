@@ -22,6 +22,13 @@ from interlook_core import __version__, protocol
 from interlook_core.config import Config
 from interlook_core.errors import ProtocolError, ServiceDefinitionError
 from interlook_core.instances import Instance, InstanceTable
+from interlook_core.security import (
+    AuthorizedKeys,
+    is_loopback_endpoint,
+    load_authorized_keys,
+    load_key_pair,
+    open_authenticator,
+)
 from interlook_core.service import Service, service_from_wire
 from interlook_core.store import EntryStore, open_entry_store
 from interlook_core.transport import open_router
@@ -67,6 +74,8 @@ class Core:
         self._freed_steps: set[str] = set()
         self._warned_peers: set[bytes] = set()
         self._refresh_waiting = False
+        self._authorized: AuthorizedKeys | None = None
+        self._authenticator: Any = None
 
     # -- life cycle ----------------------------------------------------------
 
@@ -87,11 +96,26 @@ class Core:
             self.store.path,
         )
         self._context = zmq.Context()
-        self._socket = open_router(self._context, self.config.core.endpoint)
+        settings = self.config.core
+        keys = None
+        if settings.curve is not None:
+            keys = load_key_pair(settings.curve.secretKeyFile)
+            self._authorized = load_authorized_keys(settings.curve.authorizedKeys)
+            # Without a running ZAP handler a CURVE server lets any key in:
+            # open_authenticator raises rather than return in that state.
+            self._authenticator = open_authenticator(self._context, self._authorized)
+        elif not is_loopback_endpoint(settings.endpoint):
+            self.log.warning(
+                "INSECURE endpoint=%s reason=no core.curve: anyone who reaches this address "
+                "can register as an extension, read service definitions and forge results",
+                settings.endpoint,
+            )
+        self._socket = open_router(self._context, settings.endpoint, keys)
         self.log.info(
-            "LISTENING endpoint=%s workflow=%s",
-            self.config.core.endpoint,
+            "LISTENING endpoint=%s workflow=%s curve=%s",
+            settings.endpoint,
             ",".join(self.workflow.steps),
+            "on" if keys else "off",
         )
 
     def close(self) -> None:
@@ -102,6 +126,9 @@ class Core:
                 self._loop.remove_reader(self._socket.FD)
             self._socket.close(linger=0)
             self._socket = None
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         if self._context is not None:
             self._context.term()
             self._context = None
@@ -156,12 +183,19 @@ class Core:
         socket = self._socket
         if socket is None:
             return
+        curve = self._authorized is not None
         for _ in range(BATCH):
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=not curve)
             except zmq.Again:
                 break
-            self._receive(frames)
+            if curve:
+                # The ZAP handler's verdict travels with each frame; read it
+                # from the message itself, never from what the peer says.
+                user_id = frames[-1].get("User-Id") if len(frames) > 1 else None
+                self._receive([frame.bytes for frame in frames], user_id)
+            else:
+                self._receive(frames)
         self._after_changes()
         # The socket's file descriptor is edge-triggered: check again, or a
         # message that arrived during the sends above would wait forever.
@@ -186,9 +220,12 @@ class Core:
 
     # -- inbound -------------------------------------------------------------
 
-    def _receive(self, frames: list[bytes]) -> None:
+    def _receive(self, frames: list[bytes], user_id: str | None = None) -> None:
         routing_id, body_frames = frames[0], frames[1:]
         instance = self.instances.by_id.get(routing_id)
+        if self._authorized is not None and not user_id:
+            self.log.warning("DROPPED peer=%s reason=no authenticated key", routing_id.hex())
+            return
         try:
             message = protocol.decode(body_frames)
         except ProtocolError as exc:
@@ -206,6 +243,15 @@ class Core:
             instance.last_heard = now
         command = message.command
         if command == protocol.REGISTER:
+            if self._authorized is not None and not self._authorized.allows(
+                user_id, message.body["name"]
+            ):
+                self._refuse(
+                    routing_id,
+                    f"key {user_id} may not register as {message.body['name']!r} "
+                    f"(see {self._authorized.path})",
+                )
+                return
             self._on_register(routing_id, instance, message.body, now)
         elif instance is None:
             if command != protocol.DISCONNECT:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import zmq
 
 from interlook_core.protocol import MAX_MESSAGE_BYTES
+from interlook_core.security import CurveKeys, apply_client_keys, apply_server_keys
 
 __all__ = ["open_dealer", "open_router"]
 
@@ -30,14 +31,19 @@ def _common(socket: zmq.Socket) -> None:
     socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
 
 
-def open_router(context: zmq.Context, endpoint: str) -> zmq.Socket:
-    """Bind the core's ROUTER socket.
+def open_router(
+    context: zmq.Context, endpoint: str, keys: CurveKeys | None = None
+) -> zmq.Socket:
+    """Bind the core's ROUTER socket, a CURVE server when ``keys`` are given.
 
     Sends to an unknown or vanished peer raise ``zmq.ZMQError`` with
-    ``EHOSTUNREACH`` instead of being dropped silently.
+    ``EHOSTUNREACH`` instead of being dropped silently. With ``keys``, the
+    caller must have started the authenticator first.
     """
     socket = context.socket(zmq.ROUTER)
     _common(socket)
+    if keys is not None:
+        apply_server_keys(socket, keys)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
     try:
         socket.bind(endpoint)
@@ -47,13 +53,17 @@ def open_router(context: zmq.Context, endpoint: str) -> zmq.Socket:
     return socket
 
 
-def open_dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
-    """Connect an extension's DEALER socket to the core.
+def open_dealer(
+    context: zmq.Context, endpoint: str, keys: CurveKeys | None = None
+) -> zmq.Socket:
+    """Connect an extension's DEALER socket to the core (a CURVE client with ``keys``).
 
     The routing id is left to the core's ROUTER: two instances with the
     same extension name must never share one.
     """
     socket = context.socket(zmq.DEALER)
     _common(socket)
+    if keys is not None:
+        apply_client_keys(socket, keys)
     socket.connect(endpoint)
     return socket

@@ -25,6 +25,7 @@ import zmq.asyncio
 
 from interlook_core import __version__, protocol
 from interlook_core.errors import ProtocolError, ServiceDefinitionError, StepError
+from interlook_core.security import CurveKeys
 from interlook_core.service import Service, service_from_wire
 from interlook_core.transport import open_dealer
 from interlook_ext.base import Extension, Provider, Provisioner, ServiceFeed
@@ -72,8 +73,10 @@ class ExtensionRunner:
         heartbeat: float = 2.0,
         capacity: int | None = None,
         logger: logging.Logger | None = None,
+        keys: CurveKeys | None = None,
     ) -> None:
         self.extension = extension
+        self.keys = keys
         self.endpoint = endpoint
         self.heartbeat = heartbeat
         self.capacity = capacity or extension.capacity
@@ -148,7 +151,7 @@ class ExtensionRunner:
     # -- one connection ------------------------------------------------------
 
     async def _session(self, stop: asyncio.Event) -> None:
-        socket = open_dealer(self._context, self.endpoint)
+        socket = open_dealer(self._context, self.endpoint, self.keys)
         self._socket = socket
         self._registered = False
         last_heard = last_register = time.monotonic()
