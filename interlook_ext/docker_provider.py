@@ -72,6 +72,8 @@ SWARM_SETTLE_STEP = 1.0
 # The longest the watch loop blocks before it looks at the stop flag.
 STOP_CHECK = 0.2
 MAX_WEIGHT = 256
+# The oldest Engine API the provider speaks (Docker 1.12, the first with Swarm).
+MINIMUM_API_VERSION = "1.24"
 
 
 def _selector(value: Any) -> Any:
@@ -163,8 +165,7 @@ def _engine_errors(what: str) -> Iterator[None]:
 def open_client(settings: DockerProviderSettings) -> docker.DockerClient:
     """A Docker SDK client for ``settings.endpoint``, with TLS when configured.
 
-    The SDK asks the engine for its API version here, so this already
-    reaches the engine.
+    This already reaches the engine: it asks for the engine's API version.
 
     Raises:
         EngineError: the engine cannot be reached or the TLS files are unusable.
@@ -179,10 +180,34 @@ def open_client(settings: DockerProviderSettings) -> docker.DockerClient:
                 ca_cert=settings.tlsCa,
                 verify=settings.tlsCa if settings.tlsCa is not None else True,
             )
+    # requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE in the environment
+    # replace the CA a session was given, which would make tlsCa silently
+    # ignored; with tlsCa set, the environment is not consulted. The SDK asks
+    # for the API version while it builds a client, before the flag can be
+    # set, so the version is read with a pinned client first.
+    trust_env = settings.tlsCa is None
     with _engine_errors(f"connecting to {settings.endpoint}"):
-        return docker.DockerClient(
-            base_url=settings.endpoint, tls=tls, timeout=settings.apiTimeout
+        probe = docker.DockerClient(
+            base_url=settings.endpoint,
+            tls=tls,
+            timeout=settings.apiTimeout,
+            version=MINIMUM_API_VERSION,
         )
+        try:
+            probe.api.trust_env = trust_env
+            version = probe.api.version(api_version=False).get("ApiVersion")
+        finally:
+            probe.close()
+        if not isinstance(version, str):
+            raise docker.errors.DockerException("the engine did not report its API version")
+        client = docker.DockerClient(
+            base_url=settings.endpoint,
+            tls=tls,
+            timeout=settings.apiTimeout,
+            version=version,
+        )
+        client.api.trust_env = trust_env
+        return client
 
 
 class _EventStream:
