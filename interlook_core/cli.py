@@ -87,7 +87,7 @@ async def _serve_core(config: Config) -> int:
             await api.cleanup()
         core.close()
         log.info("STOPPED core")
-    return 0
+    return 1 if core.failed else 0
 
 
 def _cmd_core(args: argparse.Namespace) -> int:

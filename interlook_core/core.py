@@ -20,7 +20,7 @@ import zmq
 
 from interlook_core import __version__, protocol
 from interlook_core.config import Config
-from interlook_core.errors import ProtocolError, ServiceDefinitionError
+from interlook_core.errors import ProtocolError, ServiceDefinitionError, StoreError
 from interlook_core.instances import Instance, InstanceTable
 from interlook_core.security import (
     AuthorizedKeys,
@@ -75,6 +75,8 @@ class Core:
         self._warned_peers: set[bytes] = set()
         self._refresh_waiting = False
         self._authorized: AuthorizedKeys | None = None
+        self._stop: asyncio.Event | None = None
+        self.failed = False
         self._authenticator: Any = None
 
     # -- life cycle ----------------------------------------------------------
@@ -140,6 +142,7 @@ class Core:
         """Serve until ``stop`` is set. :meth:`open` must have been called."""
         assert self._socket is not None
         self._loop = asyncio.get_running_loop()
+        self._stop = stop
         self._loop.add_reader(self._socket.FD, self._schedule_pump)
         # Requests in progress before a restart wait in their queues for an
         # instance of their step to register.
@@ -189,14 +192,21 @@ class Core:
                 frames = socket.recv_multipart(zmq.NOBLOCK, copy=not curve)
             except zmq.Again:
                 break
-            if curve:
-                # The ZAP handler's verdict travels with each frame; read it
-                # from the message itself, never from what the peer says.
-                user_id = frames[-1].get("User-Id") if len(frames) > 1 else None
-                self._receive([frame.bytes for frame in frames], user_id)
-            else:
-                self._receive(frames)
-        self._after_changes()
+            try:
+                if curve:
+                    # The ZAP handler's verdict travels with each frame; read
+                    # it from the message, never from what the peer says.
+                    user_id = frames[-1].get("User-Id") if len(frames) > 1 else None
+                    self._receive([frame.bytes for frame in frames], user_id)
+                else:
+                    self._receive(frames)
+            except Exception:
+                # A bug met by one message must not stop the bus for all.
+                self.log.error("HANDLER_FAILED peer=%s", bytes(frames[0]).hex(), exc_info=True)
+        try:
+            self._after_changes()
+        except StoreError:
+            return
         # The socket's file descriptor is edge-triggered: check again, or a
         # message that arrived during the sends above would wait forever.
         if self._socket is not None and self._socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -423,8 +433,18 @@ class Core:
 
     def _commit(self) -> None:
         changed, removed = self.workflow.take_changes()
-        if self.store is not None and (changed or removed):
+        if self.store is None or not (changed or removed):
+            return
+        try:
             self.store.save(changed, removed)
+        except StoreError as exc:
+            # Nothing may be sent that is not on disk: stop, and let the
+            # restarted core resume from the last commit.
+            self.log.error("STORE_FAILED reason=%s action=stopping the core", exc)
+            self.failed = True
+            if self._stop is not None:
+                self._stop.set()
+            raise
 
     def _dispatch(self, request: StepRequest) -> None:
         """Send a request to an instance with room, or queue it for one."""

@@ -105,3 +105,21 @@ def test_up_restarts_an_extension_killed_mid_step(tmp_path, cluster_factory):
     assert up.stop() == 0
     output = up.output()
     assert "STOPPED core" in output and "STOPPED extension=ipam.file" in output
+
+
+def test_an_unreadable_entries_file_stops_the_core_with_a_clear_message(tmp_path):
+    import subprocess
+    import sys
+
+    config = _config(tmp_path)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var/entries.db").write_bytes(b"this is not a database" * 100)
+    result = subprocess.run(
+        [sys.executable, "-m", "interlook_core.cli", "core", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "START_FAILED" in result.stdout and "entries.db" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
