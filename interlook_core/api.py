@@ -45,7 +45,9 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _services(request: web.Request) -> web.Response:
     core = request.app[CORE_KEY]
-    return web.json_response({name: _entry_view(core, name) for name in core.workflow.entries})
+    return web.json_response(
+        {name: _entry_view(core, name) for name in core.workflow.entries}
+    )
 
 
 async def _service(request: web.Request) -> web.Response:

@@ -20,7 +20,12 @@ from interlook_core import __version__
 from interlook_core.config import Config, load_config, validate_section
 from interlook_core.errors import ConfigError, InterlookError, StoreError
 from interlook_core.logsetup import setup_logging
-from interlook_core.security import CurveKeys, generate_keys, load_key_pair, load_public_key
+from interlook_core.security import (
+    CurveKeys,
+    generate_keys,
+    load_key_pair,
+    load_public_key,
+)
 
 __all__ = ["main"]
 
@@ -67,7 +72,9 @@ async def _serve_core(config: Config) -> int:
     api = None
     if config.core.listenPort:
         try:
-            api = await open_api(core, config.core.listenAddress, config.core.listenPort)
+            api = await open_api(
+                core, config.core.listenAddress, config.core.listenPort
+            )
         except OSError as exc:
             log.error(
                 "START_FAILED api=%s:%d reason=%s",
@@ -77,7 +84,9 @@ async def _serve_core(config: Config) -> int:
             )
             core.close()
             return 1
-        log.info("API url=http://%s:%d/", config.core.listenAddress, config.core.listenPort)
+        log.info(
+            "API url=http://%s:%d/", config.core.listenAddress, config.core.listenPort
+        )
     stop = asyncio.Event()
     _stop_on_signals(stop)
     try:
@@ -155,12 +164,16 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 def _age(iso: str | None) -> str:
     if not iso:
         return ""
-    seconds = time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    seconds = (
+        time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    )
     return f"{seconds:.0f}s"
 
 
 def _status_rows(services: dict[str, Any]) -> list[list[str]]:
-    rows = [["NAME", "STATE", "EXPECTED", "IN PROGRESS", "FOR", "PUBLIC IP", "DNS", "ERROR"]]
+    rows = [
+        ["NAME", "STATE", "EXPECTED", "IN PROGRESS", "FOR", "PUBLIC IP", "DNS", "ERROR"]
+    ]
     for name in sorted(services):
         entry = services[name]
         step = entry.get("step_in_progress") or ""
@@ -208,36 +221,46 @@ def build_parser() -> argparse.ArgumentParser:
         prog="interlook",
         description="Publish container services: IPs, DNS names and load balancers.",
     )
-    parser.add_argument("--version", action="version", version=f"interlook {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"interlook {__version__}"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config")
+        sub.add_argument(
+            "-c", "--config", required=True, metavar="FILE", help="YAML config"
+        )
         return sub
 
     add("core", "run the core process").set_defaults(func=_cmd_core)
     ext = add("ext", "run one extension process, e.g. ipam.file")
     ext.add_argument("name", help="the extension, kind.name")
-    ext.add_argument("--endpoint", help="the core's bus address (default: core.endpoint)")
+    ext.add_argument(
+        "--endpoint", help="the core's bus address (default: core.endpoint)"
+    )
     ext.add_argument("--capacity", type=int, help="requests handled at once")
     ext.set_defaults(func=_cmd_ext)
-    add("up", "run the core and every workflow extension, restarted if they die").set_defaults(
-        func=_cmd_up
-    )
+    add(
+        "up", "run the core and every workflow extension, restarted if they die"
+    ).set_defaults(func=_cmd_up)
     status = add("status", "show the services the core knows")
     status.add_argument("--json", action="store_true", help="print the API's JSON")
     status.set_defaults(func=_cmd_status)
     add("check", "check a configuration file and exit").set_defaults(func=_cmd_check)
     keys = commands.add_parser("keys", help="CurveZMQ key pairs for the bus")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    key_commands = keys.add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
     generate = key_commands.add_parser(
         "generate",
         help="write NAME.key (public) and NAME.key_secret (secret)",
         description="Write a CurveZMQ key pair for the core or an extension.",
     )
     generate.add_argument("name", help="file name stem, e.g. core or lb-host2")
-    generate.add_argument("--dir", default=".", help="where to write the files (default .)")
+    generate.add_argument(
+        "--dir", default=".", help="where to write the files (default .)"
+    )
     generate.set_defaults(func=_cmd_keys)
     return parser
 

@@ -22,7 +22,9 @@ def parse_duration(text: str | int | float) -> float:
         ValueError: the text is not such a duration, or is negative.
     """
     if isinstance(text, bool) or not isinstance(text, str):
-        raise ValueError(f"{text!r} is not a duration; write it with a unit, e.g. 500ms, 3s, 10m, 1h")
+        raise ValueError(
+            f"{text!r} is not a duration; write it with a unit, e.g. 500ms, 3s, 10m, 1h"
+        )
     match = _PATTERN.match(text)
     if match is None:
         raise ValueError(f"{text!r} is not a duration; use a number and ms, s, m or h")

@@ -87,7 +87,9 @@ class Entry:
 
     def to_record(self) -> dict[str, Any]:
         """Everything needed to resume this entry after a restart."""
-        record = {slot: getattr(self, slot) for slot in self.__slots__ if slot != "service"}
+        record = {
+            slot: getattr(self, slot) for slot in self.__slots__ if slot != "service"
+        }
         record["service"] = self.service.to_wire()
         return record
 

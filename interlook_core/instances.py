@@ -106,4 +106,6 @@ class InstanceTable:
 
     def silent(self, now: float, factor: float) -> list[Instance]:
         """Instances not heard from within ``factor`` heartbeat intervals."""
-        return [i for i in self.by_id.values() if now - i.last_heard > i.heartbeat * factor]
+        return [
+            i for i in self.by_id.values() if now - i.last_heard > i.heartbeat * factor
+        ]

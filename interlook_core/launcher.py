@@ -53,7 +53,9 @@ childlogdir={runtime_dir}
     ]
     for step in config.core.workflowSteps:
         program = step.replace(".", "-")
-        parts.append(_program(program, [*interlook, "ext", step, "-c", str(config.path)], 20))
+        parts.append(
+            _program(program, [*interlook, "ext", step, "-c", str(config.path)], 20)
+        )
     return "".join(parts)
 
 
@@ -63,4 +65,7 @@ def exec_supervisord(config: Config) -> None:
     conf = runtime_dir / "supervisord.conf"
     conf.write_text(supervisord_config(config, runtime_dir), encoding="utf-8")
     print(f"interlook up: supervisord config {conf}", flush=True)
-    os.execv(sys.executable, [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)])
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+    )

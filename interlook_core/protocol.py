@@ -122,7 +122,9 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, "nil") for k in kinds)
 
 
-def _check_field(command: bytes, key: str, value: Any, kind: type | tuple[type, ...]) -> None:
+def _check_field(
+    command: bytes, key: str, value: Any, kind: type | tuple[type, ...]
+) -> None:
     # bool is an int in Python: an integer field must not accept true/false.
     if isinstance(value, bool) and kind is int or not isinstance(value, kind):
         raise ProtocolError(
@@ -130,7 +132,9 @@ def _check_field(command: bytes, key: str, value: Any, kind: type | tuple[type, 
             f"not {type(value).__name__}"
         )
     if isinstance(value, str) and len(value) > MAX_STRING:
-        raise ProtocolError(f"{command.decode()}: field {key!r} is longer than {MAX_STRING}")
+        raise ProtocolError(
+            f"{command.decode()}: field {key!r} is longer than {MAX_STRING}"
+        )
     allowed = _ENUMS.get((command, key))
     if allowed is not None and value not in allowed:
         raise ProtocolError(
@@ -152,7 +156,9 @@ def decode(frames: Sequence[bytes]) -> Message:
             field missing or of the wrong type or value.
     """
     if len(frames) != 3:
-        raise ProtocolError(f"expected 3 frames (version, command, body), got {len(frames)}")
+        raise ProtocolError(
+            f"expected 3 frames (version, command, body), got {len(frames)}"
+        )
     version, command, payload = frames
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
@@ -165,7 +171,9 @@ def decode(frames: Sequence[bytes]) -> Message:
     try:
         body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
-        raise ProtocolError(f"{command.decode()}: body is not valid msgpack ({exc})") from exc
+        raise ProtocolError(
+            f"{command.decode()}: body is not valid msgpack ({exc})"
+        ) from exc
     if not isinstance(body, dict):
         raise ProtocolError(f"{command.decode()}: body must be a msgpack map")
     required, optional = _FIELDS[command]

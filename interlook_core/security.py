@@ -83,7 +83,9 @@ def load_authorized_keys(path: str | Path) -> AuthorizedKeys:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such authorized keys file") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the authorized keys file: {exc}") from exc
+        raise ConfigError(
+            f"{path}: cannot read the authorized keys file: {exc}"
+        ) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -91,12 +93,16 @@ def load_authorized_keys(path: str | Path) -> AuthorizedKeys:
     names_by_key: dict[str, frozenset[str]] = {}
     for key, names in data.items():
         if not _is_z85_key(key):
-            raise ConfigError(f"{path}: {str(key)[:60]!r} is not a z85 public key (40 characters)")
+            raise ConfigError(
+                f"{path}: {str(key)[:60]!r} is not a z85 public key (40 characters)"
+            )
         names = [names] if isinstance(names, str) else names
         if not isinstance(names, list) or not all(
             isinstance(n, str) and "." in n for n in names
         ):
-            raise ConfigError(f"{path}: key {key[:8]}...: names must be kind.name or a list of them")
+            raise ConfigError(
+                f"{path}: key {key[:8]}...: names must be kind.name or a list of them"
+            )
         names_by_key[key] = frozenset(names)
     return AuthorizedKeys(names_by_key, path)
 
@@ -110,9 +116,13 @@ def load_key_pair(secret_file: str | Path) -> CurveKeys:
     try:
         public, secret = zmq.auth.load_certificate(str(secret_file))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{secret_file}: cannot read the secret key file: {exc}") from exc
+        raise ConfigError(
+            f"{secret_file}: cannot read the secret key file: {exc}"
+        ) from exc
     if secret is None:
-        raise ConfigError(f"{secret_file}: holds no secret key (a .key_secret file is needed)")
+        raise ConfigError(
+            f"{secret_file}: holds no secret key (a .key_secret file is needed)"
+        )
     return CurveKeys(public=public, secret=secret)
 
 
@@ -123,7 +133,9 @@ def load_public_key(value: str) -> bytes:
     try:
         public, _ = zmq.auth.load_certificate(value)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{value}: not a z85 key nor a readable key file: {exc}") from exc
+        raise ConfigError(
+            f"{value}: not a z85 key nor a readable key file: {exc}"
+        ) from exc
     return public
 
 
@@ -145,20 +157,30 @@ class _KnownKeys:
     def callback(self, domain: str, key: bytes) -> bool:
         allowed = self.authorized.knows(key.decode("ascii"))
         if not allowed:
-            log.warning("DENIED key=%s reason=not in %s", key.decode("ascii"), self.authorized.path)
+            log.warning(
+                "DENIED key=%s reason=not in %s",
+                key.decode("ascii"),
+                self.authorized.path,
+            )
         return allowed
 
 
-def open_authenticator(context: zmq.Context, authorized: AuthorizedKeys) -> ThreadAuthenticator:
+def open_authenticator(
+    context: zmq.Context, authorized: AuthorizedKeys
+) -> ThreadAuthenticator:
     """Start the ZAP handler; it must run before a CURVE server socket binds.
 
     Raises:
         RuntimeError: the handler did not start. A CURVE server without a
             ZAP handler accepts any client key, so the caller must not bind.
     """
-    authenticator = ThreadAuthenticator(context, log=logging.getLogger("interlook_core.zap"))
+    authenticator = ThreadAuthenticator(
+        context, log=logging.getLogger("interlook_core.zap")
+    )
     authenticator.start()
-    authenticator.configure_curve_callback("*", credentials_provider=_KnownKeys(authorized))
+    authenticator.configure_curve_callback(
+        "*", credentials_provider=_KnownKeys(authorized)
+    )
     if not authenticator.is_alive():
         raise RuntimeError("the CURVE authenticator is not running; refusing to bind")
     return authenticator

@@ -108,14 +108,26 @@ def _target_from_wire(name: str, index: int, raw: object) -> Target:
         raise _fail(name, f"targets[{index}] must be a map with host and port")
     unknown = set(raw) - {"host", "port", "weight"}
     if unknown:
-        raise _fail(name, f"targets[{index}] has unknown field(s) {sorted(map(str, unknown))}")
+        raise _fail(
+            name, f"targets[{index}] has unknown field(s) {sorted(map(str, unknown))}"
+        )
     host, port, weight = raw.get("host"), raw.get("port"), raw.get("weight", 1)
     if not _is_host(host):
-        raise _fail(name, f"targets[{index}].host {host!r} is not an IP address or host name")
+        raise _fail(
+            name, f"targets[{index}].host {host!r} is not an IP address or host name"
+        )
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise _fail(name, f"targets[{index}].port {port!r} is not a port number (1..65535)")
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 256:
-        raise _fail(name, f"targets[{index}].weight {weight!r} is not an integer in 0..256")
+        raise _fail(
+            name, f"targets[{index}].port {port!r} is not a port number (1..65535)"
+        )
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int)
+        or not 0 <= weight <= 256
+    ):
+        raise _fail(
+            name, f"targets[{index}].weight {weight!r} is not an integer in 0..256"
+        )
     return Target(host=host, port=port, weight=weight)
 
 
@@ -132,11 +144,20 @@ def service_from_wire(raw: object, provider: str | None = None) -> Service:
             type or value. The message names the service and the field.
     """
     if not isinstance(raw, dict):
-        raise ServiceDefinitionError(f"a service definition must be a map, not {type(raw).__name__}")
+        raise ServiceDefinitionError(
+            f"a service definition must be a map, not {type(raw).__name__}"
+        )
     name = raw.get("name")
     if not is_valid_service_name(name):
         raise _fail(name, "name must be 1-128 letters, digits, '_', '.' or '-'")
-    unknown = set(raw) - {"name", "provider", "targets", "tls", "dns_names", "public_ip"}
+    unknown = set(raw) - {
+        "name",
+        "provider",
+        "targets",
+        "tls",
+        "dns_names",
+        "public_ip",
+    }
     if unknown:
         raise _fail(name, f"unknown field(s) {sorted(map(str, unknown))}")
     provider = provider or raw.get("provider")
@@ -157,7 +178,9 @@ def service_from_wire(raw: object, provider: str | None = None) -> Service:
         raise _fail(name, f"dns_names must be a list of at most {MAX_DNS_NAMES} names")
     for dns_name in dns_raw:
         if not is_valid_hostname(dns_name):
-            raise _fail(name, f"dns_names holds {dns_name!r}, which is not a valid host name")
+            raise _fail(
+                name, f"dns_names holds {dns_name!r}, which is not a valid host name"
+            )
     dns_names = tuple(dict.fromkeys(n.rstrip(".").lower() for n in dns_raw))
 
     public_ip = raw.get("public_ip")

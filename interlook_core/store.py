@@ -25,7 +25,9 @@ __all__ = ["EntryStore", "open_entry_store"]
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS entries (name TEXT PRIMARY KEY, record BLOB NOT NULL)"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS entries (name TEXT PRIMARY KEY, record BLOB NOT NULL)"
+)
 
 
 class EntryStore:
@@ -46,12 +48,19 @@ class EntryStore:
             try:
                 entries.append(Entry.from_record(msgpack.unpackb(blob, raw=False)))
             except (ValueError, KeyError, TypeError, InterlookError) as exc:
-                log.error("SKIPPED entry=%s file=%s reason=unreadable record: %s", name, self.path, exc)
+                log.error(
+                    "SKIPPED entry=%s file=%s reason=unreadable record: %s",
+                    name,
+                    self.path,
+                    exc,
+                )
         return entries
 
     def save(self, changed: Iterable[Entry], removed: Iterable[str]) -> None:
         """Write a batch of changes in one transaction."""
-        rows = [(e.name, msgpack.packb(e.to_record(), use_bin_type=True)) for e in changed]
+        rows = [
+            (e.name, msgpack.packb(e.to_record(), use_bin_type=True)) for e in changed
+        ]
         gone = [(name,) for name in removed]
         if not rows and not gone:
             return
@@ -59,7 +68,8 @@ class EntryStore:
             with self._db:
                 if rows:
                     self._db.executemany(
-                        "INSERT OR REPLACE INTO entries (name, record) VALUES (?, ?)", rows
+                        "INSERT OR REPLACE INTO entries (name, record) VALUES (?, ?)",
+                        rows,
                     )
                 if gone:
                     self._db.executemany("DELETE FROM entries WHERE name = ?", gone)
@@ -84,7 +94,9 @@ def open_entry_store(path: str | os.PathLike[str], sync: bool = False) -> EntryS
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        connection = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False
+        )
         connection.isolation_level = "DEFERRED"
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")

@@ -71,7 +71,9 @@ class Workflow:
           the caller persists them before sending anything.
     """
 
-    def __init__(self, steps: list[str], timings: WorkflowTimings | None = None) -> None:
+    def __init__(
+        self, steps: list[str], timings: WorkflowTimings | None = None
+    ) -> None:
         if len(steps) < 2:
             raise ValueError("a workflow needs a provider and at least one provisioner")
         self.steps = list(steps)
@@ -111,7 +113,10 @@ class Workflow:
         so :meth:`resend_after_restart` sends it again.
         """
         for entry in entries:
-            if entry.state not in self._index and entry.state not in (DEPLOYED, UNDEPLOYED):
+            if entry.state not in self._index and entry.state not in (
+                DEPLOYED,
+                UNDEPLOYED,
+            ):
                 log.warning(
                     "RESET service=%s state=%s reason=step no longer in workflow",
                     entry.name,
@@ -197,7 +202,9 @@ class Workflow:
         self._touch(entry)
         return entry
 
-    def snapshot(self, provider: str, services: Iterable[Service], now: float) -> list[str]:
+    def snapshot(
+        self, provider: str, services: Iterable[Service], now: float
+    ) -> list[str]:
         """Take a provider's full list; its entries absent from it are undeployed.
 
         Returns:
@@ -269,9 +276,13 @@ class Workflow:
     def request_for(self, entry: Entry) -> StepRequest:
         """The request of the step an entry has in progress (to send or resend)."""
         assert entry.request_id is not None and entry.wip_step and entry.wip_action
-        return StepRequest(entry.request_id, entry.wip_step, entry.wip_action, entry.service)
+        return StepRequest(
+            entry.request_id, entry.wip_step, entry.wip_action, entry.service
+        )
 
-    def due_requests(self, now: float, names: Iterable[str] | None = None) -> list[StepRequest]:
+    def due_requests(
+        self, now: float, names: Iterable[str] | None = None
+    ) -> list[StepRequest]:
         """Mark in progress, and return, every step that should start now.
 
         Args:
@@ -280,7 +291,9 @@ class Workflow:
                 of every unsettled one.
         """
         requests = []
-        candidates = self.unsettled if names is None else self.unsettled.intersection(names)
+        candidates = (
+            self.unsettled if names is None else self.unsettled.intersection(names)
+        )
         for name in list(candidates):
             request = self.next_request(self.entries[name], now)
             if request is not None:
@@ -355,7 +368,10 @@ class Workflow:
         entry.next_retry = None
         self._merge(entry, step, changes or {})
         if action == "deploy":
-            if entry.request_generation == entry.generation and self._position(entry) == index - 1:
+            if (
+                entry.request_generation == entry.generation
+                and self._position(entry) == index - 1
+            ):
                 last = index == len(self.steps) - 1
                 entry.state = DEPLOYED if last else step
         else:
@@ -409,7 +425,11 @@ class Workflow:
         woken = 0
         for name in self.unsettled:
             entry = self.entries[name]
-            if entry.next_retry is not None and entry.error and entry.error.startswith(step + " "):
+            if (
+                entry.next_retry is not None
+                and entry.error
+                and entry.error.startswith(step + " ")
+            ):
                 entry.next_retry = None
                 woken += 1
         return woken

@@ -102,7 +102,9 @@ class FileIpam(Provisioner):
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise ConfigError(f"ipam.file: cannot read db_file {self.db_file}: {exc}") from exc
+            raise ConfigError(
+                f"ipam.file: cannot read db_file {self.db_file}: {exc}"
+            ) from exc
         try:
             data = json.loads(text)
             allocations = data["allocations"]
@@ -119,7 +121,9 @@ class FileIpam(Provisioner):
 
     def _save(self, allocations: dict[str, str]) -> None:
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"version": 1, "allocations": allocations}, indent=1, sort_keys=True)
+        payload = json.dumps(
+            {"version": 1, "allocations": allocations}, indent=1, sort_keys=True
+        )
         handle, temp = tempfile.mkstemp(prefix=".ipam-", dir=self.db_file.parent)
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
@@ -138,11 +142,18 @@ class FileIpam(Provisioner):
 
     def _in_pool(self, ip: str) -> bool:
         address = ipaddress.ip_address(ip)
-        return isinstance(address, self._factory) and self._first <= int(address) <= self._last
+        return (
+            isinstance(address, self._factory)
+            and self._first <= int(address) <= self._last
+        )
 
     def _free_ip(self, wanted: str | None) -> str:
         used = {int(ipaddress.ip_address(ip)) for ip in self._allocations.values()}
-        if wanted and self._in_pool(wanted) and int(ipaddress.ip_address(wanted)) not in used:
+        if (
+            wanted
+            and self._in_pool(wanted)
+            and int(ipaddress.ip_address(wanted)) not in used
+        ):
             return wanted
         for candidate in range(self._first, self._last + 1):
             if candidate not in used:

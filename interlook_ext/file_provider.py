@@ -65,7 +65,9 @@ class FileProvider(Provider):
 
     def _files(self) -> list[Path]:
         if self.path.is_dir():
-            return sorted(p for p in self.path.iterdir() if p.suffix in (".yml", ".yaml"))
+            return sorted(
+                p for p in self.path.iterdir() if p.suffix in (".yml", ".yaml")
+            )
         return [self.path]
 
     def _current(self) -> list[Service]:
@@ -73,7 +75,10 @@ class FileProvider(Provider):
         for path in sorted(self._by_file):
             for service in self._by_file[path]:
                 if service.name in merged:
-                    self._report(path, f"service {service.name!r} is also defined in another file")
+                    self._report(
+                        path,
+                        f"service {service.name!r} is also defined in another file",
+                    )
                     continue
                 merged[service.name] = service
         return list(merged.values())
@@ -88,7 +93,9 @@ class FileProvider(Provider):
             except FileNotFoundError:
                 if path == self.path and not self.path.is_dir():
                     if path in self._by_file or path not in self._reported_errors:
-                        self._report(path, "file not found; its services stay as they were")
+                        self._report(
+                            path, "file not found; its services stay as they were"
+                        )
                 continue
             except OSError as exc:
                 self._report(path, f"cannot read: {exc}")
@@ -147,7 +154,9 @@ class FileProvider(Provider):
             except ServiceDefinitionError as exc:
                 raise _BadFile(f"line {_line(nodes, index)}: {exc}") from None
             if service.name in names:
-                raise _BadFile(f"line {_line(nodes, index)}: service {service.name!r} twice")
+                raise _BadFile(
+                    f"line {_line(nodes, index)}: service {service.name!r} twice"
+                )
             names.add(service.name)
             services.append(service)
         return services

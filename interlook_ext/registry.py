@@ -43,5 +43,7 @@ def load_extension_class(name: str) -> type[Extension]:
         raise ConfigError(f"extension {name!r} is not an interlook Extension class")
     kind = name.partition(".")[0]
     if (kind == "provider") != (cls.role == "provider"):
-        raise ConfigError(f"extension {name!r} is a {cls.role}, which its kind {kind!r} is not")
+        raise ConfigError(
+            f"extension {name!r} is a {cls.role}, which its kind {kind!r} is not"
+        )
     return cls

@@ -44,7 +44,9 @@ REFRESH_CHUNK = 1000
 class _LoopFeed(ServiceFeed):
     """Hands a provider thread's reports to the runner's loop."""
 
-    def __init__(self, runner: ExtensionRunner, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, runner: ExtensionRunner, loop: asyncio.AbstractEventLoop
+    ) -> None:
         super().__init__()
         self._runner = runner
         self._loop = loop
@@ -86,7 +88,9 @@ class ExtensionRunner:
         self._registered = False
         self._running: set[str] = set()
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._pool = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="step")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.capacity, thread_name_prefix="step"
+        )
         # Provider state: the services it reports, None until a first snapshot.
         self._services: dict[str, Service] | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -112,7 +116,9 @@ class ExtensionRunner:
                     break
                 if time.monotonic() - started > RECONNECT_CAP:
                     backoff = 0.5
-                self.log.info("RECONNECTING endpoint=%s in=%.1fs", self.endpoint, backoff)
+                self.log.info(
+                    "RECONNECTING endpoint=%s in=%.1fs", self.endpoint, backoff
+                )
                 try:
                     await asyncio.wait_for(stop.wait(), backoff)
                 except TimeoutError:
@@ -159,7 +165,10 @@ class ExtensionRunner:
         await self._register()
         try:
             while not stop.is_set():
-                if await socket.poll(timeout=min(self.heartbeat, 0.5) * 1000) & zmq.POLLIN:
+                if (
+                    await socket.poll(timeout=min(self.heartbeat, 0.5) * 1000)
+                    & zmq.POLLIN
+                ):
                     frames = await socket.recv_multipart()
                     last_heard = time.monotonic()
                     await self._handle(frames)
@@ -173,7 +182,9 @@ class ExtensionRunner:
                     last_register = now
                 if now - last_heard > liveness:
                     self.log.warning(
-                        "LOST_CORE endpoint=%s silent_for=%.1fs", self.endpoint, now - last_heard
+                        "LOST_CORE endpoint=%s silent_for=%.1fs",
+                        self.endpoint,
+                        now - last_heard,
                     )
                     return
             if self._registered:
@@ -187,7 +198,9 @@ class ExtensionRunner:
         if self._socket is None:
             return
         try:
-            await self._socket.send_multipart(protocol.encode(command, body), zmq.NOBLOCK)
+            await self._socket.send_multipart(
+                protocol.encode(command, body), zmq.NOBLOCK
+            )
         except zmq.Again:
             # Not connected yet or the core is not reading: the heartbeat
             # logic notices a dead core; a lost RESULT is answered on resend.
@@ -226,7 +239,9 @@ class ExtensionRunner:
             if self._services is not None:
                 await self._send_snapshot()
         elif command == protocol.DISCONNECT:
-            self.log.info("DISCONNECTED_BY_CORE reason=%s", body.get("reason", "none given"))
+            self.log.info(
+                "DISCONNECTED_BY_CORE reason=%s", body.get("reason", "none given")
+            )
             self._registered = False
             await self._register()
         elif command == protocol.HEARTBEAT:
@@ -267,7 +282,11 @@ class ExtensionRunner:
         assert isinstance(extension, Provisioner)
         request_id, action = body["id"], body["action"]
         started = time.monotonic()
-        name = body["service"].get("name", "?") if isinstance(body["service"], dict) else "?"
+        name = (
+            body["service"].get("name", "?")
+            if isinstance(body["service"], dict)
+            else "?"
+        )
         try:
             service = service_from_wire(body["service"])
             handler = extension.deploy if action == "deploy" else extension.undeploy
@@ -280,7 +299,10 @@ class ExtensionRunner:
             error = str(exc)
         except Exception as exc:
             self.log.error(
-                "STEP_CRASHED service=%s step=%s action=%s", name, extension.name, action,
+                "STEP_CRASHED service=%s step=%s action=%s",
+                name,
+                extension.name,
+                action,
                 exc_info=True,
             )
             error = f"{type(exc).__name__}: {exc}"
@@ -294,7 +316,11 @@ class ExtensionRunner:
             )
             return {"id": request_id, "ok": True, "changes": changes or {}}
         self.log.warning(
-            "STEP_FAILED service=%s step=%s action=%s error=%s", name, extension.name, action, error
+            "STEP_FAILED service=%s step=%s action=%s error=%s",
+            name,
+            extension.name,
+            action,
+            error,
         )
         return {"id": request_id, "ok": False, "error": error}
 
@@ -302,16 +328,24 @@ class ExtensionRunner:
 
     def on_snapshot(self, services: list[Service]) -> None:
         self._services = {service.name: service for service in services}
-        self.log.info("SNAPSHOT provider=%s services=%d", self.extension.name, len(services))
+        self.log.info(
+            "SNAPSHOT provider=%s services=%d", self.extension.name, len(services)
+        )
         self._spawn(self._send_snapshot())
 
     def on_update(self, service: Service) -> None:
         if self._services is None:
             self._services = {}
         self._services[service.name] = service
-        self.log.info("UPDATE provider=%s service=%s", self.extension.name, service.name)
+        self.log.info(
+            "UPDATE provider=%s service=%s", self.extension.name, service.name
+        )
         if self._registered:
-            self._spawn(self._send(protocol.EVENT, {"action": "update", "service": service.to_wire()}))
+            self._spawn(
+                self._send(
+                    protocol.EVENT, {"action": "update", "service": service.to_wire()}
+                )
+            )
 
     def on_delete(self, name: str) -> None:
         if self._services is not None:
@@ -345,5 +379,7 @@ class ExtensionRunner:
             if service is None:
                 await self._send(protocol.EVENT, {"action": "delete", "name": name})
             else:
-                await self._send(protocol.EVENT, {"action": "update", "service": service.to_wire()})
+                await self._send(
+                    protocol.EVENT, {"action": "update", "service": service.to_wire()}
+                )
         self.log.info("REFRESHED provider=%s services=%d", extension.name, len(names))

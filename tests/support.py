@@ -44,7 +44,10 @@ def free_port() -> int:
 
 
 def wait_until(
-    condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = ""
+    condition: Callable[[], Any],
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "",
 ) -> Any:
     """Poll ``condition`` until it returns a truthy value; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
@@ -60,7 +63,9 @@ def wait_until(
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: {last_error}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or condition}: {last_error}"
+    )
 
 
 def write_config(
@@ -152,7 +157,10 @@ class Api:
             raise
 
     def wait_entry(
-        self, name: str, condition: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+        self,
+        name: str,
+        condition: Callable[[dict[str, Any]], bool],
+        timeout: float = 20.0,
     ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             entry = self.entry(name)
@@ -160,7 +168,9 @@ class Api:
 
         return wait_until(check, timeout, what=f"service {name} to match")
 
-    def wait_state(self, name: str, state: str, timeout: float = 20.0) -> dict[str, Any]:
+    def wait_state(
+        self, name: str, state: str, timeout: float = 20.0
+    ) -> dict[str, Any]:
         return self.wait_entry(
             name, lambda e: e["state"] == state and not e["work_in_progress"], timeout
         )

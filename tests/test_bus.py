@@ -14,7 +14,11 @@ from tests.support import FakeExtension, wait_until, write_config
 
 
 def _definition(name: str, port: int = 80) -> dict:
-    return {"name": name, "targets": [{"host": "10.0.0.5", "port": port}], "dns_names": []}
+    return {
+        "name": name,
+        "targets": [{"host": "10.0.0.5", "port": port}],
+        "dns_names": [],
+    }
 
 
 @pytest.fixture
@@ -73,10 +77,14 @@ def test_an_unregistered_peer_is_told_to_register(bus):
 def test_an_unknown_name_or_wrong_role_is_refused(bus):
     stranger = bus.peer("lb.elsewhere")
     stranger.send(protocol.REGISTER, {"name": "lb.elsewhere", "role": "provisioner"})
-    assert "not a step of this workflow" in stranger.expect(protocol.DISCONNECT)["reason"]
+    assert (
+        "not a step of this workflow" in stranger.expect(protocol.DISCONNECT)["reason"]
+    )
     liar = bus.peer("noop.a", "provider")
     liar.send(protocol.REGISTER, {"name": "noop.a", "role": "provider"})
-    assert "must register as a provisioner" in liar.expect(protocol.DISCONNECT)["reason"]
+    assert (
+        "must register as a provisioner" in liar.expect(protocol.DISCONNECT)["reason"]
+    )
 
 
 def test_garbage_frames_are_dropped_and_the_core_keeps_working(bus):
@@ -96,7 +104,9 @@ def test_garbage_frames_are_dropped_and_the_core_keeps_working(bus):
         if frames:
             vandal.send_raw(frames)
     vandal.send_raw([b"ILK2", b"HEARTBEAT", msgpack.packb({})])
-    assert "unsupported protocol version" in vandal.expect(protocol.DISCONNECT)["reason"]
+    assert (
+        "unsupported protocol version" in vandal.expect(protocol.DISCONNECT)["reason"]
+    )
     assert bus.api.get("/health")["status"] == "ok"
 
     step = bus.peer("noop.a")
@@ -134,7 +144,9 @@ def test_a_failed_step_shows_its_error_and_retries(bus):
     step.register()
     _provider(bus)
     request = step.expect(protocol.STEP)
-    step.send(protocol.RESULT, {"id": request["id"], "ok": False, "error": "pool exhausted"})
+    step.send(
+        protocol.RESULT, {"id": request["id"], "ok": False, "error": "pool exhausted"}
+    )
     entry = bus.api.wait_entry("web", lambda e: e["error"] is not None)
     assert entry["error"] == "noop.a deploy: pool exhausted"
     retry = step.expect(protocol.STEP, timeout=5)
@@ -214,7 +226,11 @@ def test_requests_are_spread_and_capacity_is_respected(bus):
     for name in "abc":
         bus.api.wait_state(name, "deployed")
     extensions = bus.api.get("/extensions")
-    assert sorted(e["name"] for e in extensions) == ["noop.a", "noop.a", "provider.file"]
+    assert sorted(e["name"] for e in extensions) == [
+        "noop.a",
+        "noop.a",
+        "provider.file",
+    ]
 
 
 def test_a_silent_instance_loses_its_requests_to_a_live_one(bus):
@@ -227,4 +243,6 @@ def test_a_silent_instance_loses_its_requests_to_a_live_one(bus):
     assert moved["id"] == request["id"]
     live.send(protocol.RESULT, {"id": moved["id"], "ok": True})
     bus.api.wait_state("web", "deployed")
-    wait_until(lambda: len(bus.api.get("/extensions")) == 2, what="the silent one dropped")
+    wait_until(
+        lambda: len(bus.api.get("/extensions")) == 2, what="the silent one dropped"
+    )

@@ -46,26 +46,52 @@ def test_a_good_config_passes_and_relative_paths_follow_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("text", "where", "message"),
     [
-        (GOOD.replace("  checkFlowInterval", "  checkFlowIntervall"), ":3:",
-         "core.checkFlowIntervall: unknown key"),
-        (GOOD.replace("500ms", "5 minutes"), ":3:", "core.checkFlowInterval: '5 minutes' is not a duration"),
+        (
+            GOOD.replace("  checkFlowInterval", "  checkFlowIntervall"),
+            ":3:",
+            "core.checkFlowIntervall: unknown key",
+        ),
+        (
+            GOOD.replace("500ms", "5 minutes"),
+            ":3:",
+            "core.checkFlowInterval: '5 minutes' is not a duration",
+        ),
         (GOOD.replace("500ms", "500"), ":3:", "is not a duration"),
-        (GOOD.replace("provider.file,ipam.file", "provider.file,ipam.nothere"), ":2:",
-         "'ipam.nothere' names no installed extension"),
-        (GOOD.replace("provider.file,ipam.file", "ipam.file,provider.file"), ":2:",
-         "the first step must be a provider"),
-        ("core:\n  workflowSteps: provider.file,ipam.file\n  listenPort: eighty\n", ":3:",
-         "core.listenPort: Input should be a valid integer"),
-        ("core:\n  workflowSteps: provider.file,ipam.file\nprovider:\n  file: {path: x}\n", ":",
-         "ipam.file: section is missing; ipam.file needs network_cidr"),
+        (
+            GOOD.replace("provider.file,ipam.file", "provider.file,ipam.nothere"),
+            ":2:",
+            "'ipam.nothere' names no installed extension",
+        ),
+        (
+            GOOD.replace("provider.file,ipam.file", "ipam.file,provider.file"),
+            ":2:",
+            "the first step must be a provider",
+        ),
+        (
+            "core:\n  workflowSteps: provider.file,ipam.file\n  listenPort: eighty\n",
+            ":3:",
+            "core.listenPort: Input should be a valid integer",
+        ),
+        (
+            "core:\n  workflowSteps: provider.file,ipam.file\nprovider:\n  file: {path: x}\n",
+            ":",
+            "ipam.file: section is missing; ipam.file needs network_cidr",
+        ),
         (GOOD.replace("10.32.30.0/24", "10.32.300.0/24"), ":7:", "network_cidr"),
-        (GOOD.replace("file: {path", "fil: {path"), ":5:", "provider.fil: no installed extension"),
+        (
+            GOOD.replace("file: {path", "fil: {path"),
+            ":5:",
+            "provider.fil: no installed extension",
+        ),
         (GOOD + "dnss:\n  x: {}\n", ":8:", "dnss: unknown section"),
         ("core: [1, 2\n", ":", "not valid YAML"),
         ("- just a list\n", "", "must be a map with a core section"),
         ("provider: {}\n", "", "core: required section is missing"),
-        ("core:\n  logLevel: LOUD\n  workflowSteps: provider.file,ipam.file\n", ":2:",
-         "core.logLevel"),
+        (
+            "core:\n  logLevel: LOUD\n  workflowSteps: provider.file,ipam.file\n",
+            ":2:",
+            "core.logLevel",
+        ),
     ],
 )
 def test_a_bad_config_is_refused_with_where_and_why(tmp_path, text, where, message):
@@ -92,4 +118,6 @@ def test_the_core_refuses_a_bad_config_with_status_2(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2
-    assert "core.checkFlowInterval" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "core.checkFlowInterval" in result.stderr and "Traceback" not in result.stderr
+    )

@@ -24,7 +24,13 @@ def _keys(tmp_path: Path, *names: str) -> dict[str, tuple[Path, Path]]:
 def _curve_config(tmp_path: Path, keys, authorized: dict, client: str) -> Path:
     (tmp_path / "authorized.yml").write_text(yaml.safe_dump(authorized))
     (tmp_path / "services.yml").write_text(
-        yaml.safe_dump({"services": [{"name": "web", "targets": [{"host": "10.0.0.1", "port": 80}]}]})
+        yaml.safe_dump(
+            {
+                "services": [
+                    {"name": "web", "targets": [{"host": "10.0.0.1", "port": 80}]}
+                ]
+            }
+        )
     )
     return write_config(
         tmp_path,
@@ -47,7 +53,9 @@ def _curve_config(tmp_path: Path, keys, authorized: dict, client: str) -> Path:
 def test_listed_keys_work_and_deploy(tmp_path, cluster_factory):
     keys = _keys(tmp_path, "core", "ext")
     ext_key = _public_text(keys["ext"][0])
-    config = _curve_config(tmp_path, keys, {ext_key: ["provider.file", "noop.a"]}, "ext")
+    config = _curve_config(
+        tmp_path, keys, {ext_key: ["provider.file", "noop.a"]}, "ext"
+    )
     cluster = cluster_factory(config)
     core = cluster.core()
     cluster.ext("provider.file")
@@ -95,7 +103,9 @@ def test_a_plaintext_bind_beyond_loopback_is_refused(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2
-    assert "without encryption" in result.stderr and "allowInsecureBind" in result.stderr
+    assert (
+        "without encryption" in result.stderr and "allowInsecureBind" in result.stderr
+    )
 
 
 def test_an_accepted_plaintext_bind_logs_the_risk(tmp_path, cluster_factory):
@@ -113,8 +123,16 @@ def test_an_accepted_plaintext_bind_logs_the_risk(tmp_path, cluster_factory):
 
 def test_keys_generate_writes_a_usable_pair(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "interlook_core.cli", "keys", "generate", "lb-host2",
-         "--dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "interlook_core.cli",
+            "keys",
+            "generate",
+            "lb-host2",
+            "--dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

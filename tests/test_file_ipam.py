@@ -41,8 +41,13 @@ def test_the_same_service_gets_the_same_ip_and_a_freed_ip_is_reused(tmp_path):
 
 
 def test_a_range_inside_the_network(tmp_path):
-    pool = ipam(tmp_path, network_cidr="10.0.0.0/24", ip_start="10.0.0.10", ip_end="10.0.0.11")
-    assert [pool.deploy(svc(n))["public_ip"] for n in "ab"] == ["10.0.0.10", "10.0.0.11"]
+    pool = ipam(
+        tmp_path, network_cidr="10.0.0.0/24", ip_start="10.0.0.10", ip_end="10.0.0.11"
+    )
+    assert [pool.deploy(svc(n))["public_ip"] for n in "ab"] == [
+        "10.0.0.10",
+        "10.0.0.11",
+    ]
     with pytest.raises(StepError):
         pool.deploy(svc("c"))
 
@@ -52,7 +57,14 @@ def test_a_range_inside_the_network(tmp_path):
     [
         ({"network_cidr": "10.0.0.0/33"}, "network_cidr"),
         ({"network_cidr": "10.0.0.0/24", "ip_start": "10.0.1.1"}, "not in 10.0.0.0/24"),
-        ({"network_cidr": "10.0.0.0/24", "ip_start": "10.0.0.9", "ip_end": "10.0.0.8"}, "empty"),
+        (
+            {
+                "network_cidr": "10.0.0.0/24",
+                "ip_start": "10.0.0.9",
+                "ip_end": "10.0.0.8",
+            },
+            "empty",
+        ),
     ],
 )
 def test_a_bad_pool_is_a_settings_error(tmp_path, settings, problem):
@@ -64,7 +76,9 @@ def test_allocations_survive_a_new_process_and_the_file_is_json(tmp_path):
     ipam(tmp_path, network_cidr="10.0.0.0/24").deploy(svc("a"))
     data = json.loads((tmp_path / "ipam.json").read_text())
     assert data == {"version": 1, "allocations": {"a": "10.0.0.1"}}
-    assert ipam(tmp_path, network_cidr="10.0.0.0/24").deploy(svc("b")) == {"public_ip": "10.0.0.2"}
+    assert ipam(tmp_path, network_cidr="10.0.0.0/24").deploy(svc("b")) == {
+        "public_ip": "10.0.0.2"
+    }
     assert not list(tmp_path.glob(".ipam-*")), "no temporary file is left behind"
 
 

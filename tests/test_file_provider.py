@@ -20,7 +20,9 @@ class RecordingFeed(ServiceFeed):
 
 
 def watching(path):
-    provider = FileProvider("provider.file", FileProviderSettings(path=str(path), pollInterval="50ms"))
+    provider = FileProvider(
+        "provider.file", FileProviderSettings(path=str(path), pollInterval="50ms")
+    )
     feed = RecordingFeed()
     thread = threading.Thread(target=provider.watch, args=(feed,), daemon=True)
     thread.start()
@@ -77,7 +79,9 @@ def test_a_folder_of_files(tmp_path):
     (tmp_path / "notes.txt").write_text("not a services file")
     feed, thread = watching(tmp_path)
     try:
-        wait_until(lambda: feed.snapshots and set(feed.snapshots[-1]) == {"web", "api"}, 5)
+        wait_until(
+            lambda: feed.snapshots and set(feed.snapshots[-1]) == {"web", "api"}, 5
+        )
         (tmp_path / "b.yml").unlink()
         wait_until(lambda: set(feed.snapshots[-1]) == {"web"}, 5)
     finally:

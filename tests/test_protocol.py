@@ -14,7 +14,9 @@ def frames(command: bytes, body: object) -> list[bytes]:
 
 
 def test_a_message_round_trips():
-    message = protocol.decode(protocol.encode(protocol.RESULT, {"id": "a-1", "ok": True}))
+    message = protocol.decode(
+        protocol.encode(protocol.RESULT, {"id": "a-1", "ok": True})
+    )
     assert message.command == protocol.RESULT
     assert message.body == {"id": "a-1", "ok": True}
 
@@ -40,8 +42,13 @@ def test_a_message_round_trips():
             frames(b"REGISTER", {"name": "a.b", "role": "provider", "capacity": True}),
             "must be of type integer",
         ),
-        (frames(b"STEP", {"id": "x" * 5000, "step": "a", "action": "deploy", "service": {}}),
-         "longer than"),
+        (
+            frames(
+                b"STEP",
+                {"id": "x" * 5000, "step": "a", "action": "deploy", "service": {}},
+            ),
+            "longer than",
+        ),
         ([b"ILK1", b"RESULT", b"\xa2\xff\xfe"], "not valid msgpack"),
     ],
 )

@@ -16,7 +16,8 @@ COUNT = 200
 
 def _write_services(path: Path, names) -> None:
     services = [
-        {"name": n, "targets": [{"host": "10.0.0.5", "port": 8000 + i}]} for i, n in enumerate(names)
+        {"name": n, "targets": [{"host": "10.0.0.5", "port": 8000 + i}]}
+        for i, n in enumerate(names)
     ]
     path.write_text(yaml.safe_dump({"services": services}), encoding="utf-8")
 
@@ -28,7 +29,9 @@ def _config(tmp_path: Path) -> Path:
         "provider.file,ipam.file",
         {
             "provider": {"file": {"path": "services.yml", "pollInterval": "100ms"}},
-            "ipam": {"file": {"network_cidr": "10.40.0.0/22", "db_file": "var/ipam.json"}},
+            "ipam": {
+                "file": {"network_cidr": "10.40.0.0/22", "db_file": "var/ipam.json"}
+            },
         },
         logLevel="INFO",
         serviceWIPTimeout="2s",
@@ -66,7 +69,10 @@ def test_a_core_killed_mid_flow_resumes_every_entry(tmp_path, cluster_factory):
     kept = {f"svc{i}" for i in range(COUNT // 2)}
     _write_services(tmp_path / "services.yml", sorted(kept))
     wait_until(
-        lambda: sum(e["state"] == "undeployed" for e in cluster.api.services().values()) >= 10,
+        lambda: (
+            sum(e["state"] == "undeployed" for e in cluster.api.services().values())
+            >= 10
+        ),
         30,
         what="some undeployed",
     )

@@ -28,7 +28,9 @@ def run_to_end(flow, name, now=0.0, changes=None):
         if request is None:
             return seen
         seen.append((request.step, request.action))
-        flow.apply_result(request.request_id, True, None, (changes or {}).get(request.step), now)
+        flow.apply_result(
+            request.request_id, True, None, (changes or {}).get(request.step), now
+        )
     raise AssertionError("did not settle")
 
 
@@ -57,7 +59,11 @@ def test_the_entry_is_in_progress_while_its_step_is_out():
     flow.upsert(service(), 0)
     request = flow.next_request(flow.entries["web"], 5.0)
     entry = flow.entries["web"]
-    assert entry.work_in_progress and entry.wip_step == "ipam.file" and entry.wip_time == 5.0
+    assert (
+        entry.work_in_progress
+        and entry.wip_step == "ipam.file"
+        and entry.wip_time == 5.0
+    )
     assert flow.next_request(entry, 6.0) is None
     flow.apply_result(request.request_id, True, None, {}, 7.0)
     assert entry.state == "ipam.file" and not entry.work_in_progress
@@ -69,7 +75,11 @@ def test_undeploy_runs_the_steps_backwards_to_undeployed():
     run_to_end(flow, "web", changes={"ipam.file": {"public_ip": "10.1.0.1"}})
     flow.remove("web", 1)
     steps = run_to_end(flow, "web", 1, changes={"ipam.file": {"public_ip": None}})
-    assert steps == [("lb.y", "undeploy"), ("dns.x", "undeploy"), ("ipam.file", "undeploy")]
+    assert steps == [
+        ("lb.y", "undeploy"),
+        ("dns.x", "undeploy"),
+        ("ipam.file", "undeploy"),
+    ]
     entry = flow.entries["web"]
     assert entry.state == UNDEPLOYED and entry.close_time == 1
     assert entry.service.public_ip is None
@@ -147,7 +157,9 @@ def test_a_reply_from_another_step_is_ignored():
     flow = make()
     flow.upsert(service(), 0)
     request = flow.next_request(flow.entries["web"], 0)
-    assert flow.apply_result(request.request_id, True, None, {}, 1, sender="dns.x") is None
+    assert (
+        flow.apply_result(request.request_id, True, None, {}, 1, sender="dns.x") is None
+    )
     assert flow.entries["web"].work_in_progress
 
 
