@@ -7,7 +7,12 @@ from typing import Any
 
 from interlook_core.service import Service, service_from_wire
 
-__all__ = ["DEPLOYED", "UNDEPLOYED", "Entry", "iso_time"]
+__all__ = [
+    "DEPLOYED",
+    "Entry",
+    "UNDEPLOYED",
+    "iso_time",
+]
 
 DEPLOYED = "deployed"
 UNDEPLOYED = "undeployed"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from interlook_core.config import Config
 
-__all__ = ["supervisord_config", "exec_supervisord"]
+__all__ = ["exec_supervisord", "supervisord_config"]
 
 
 def _program(name: str, command: list[str], priority: int) -> str:

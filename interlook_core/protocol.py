@@ -26,6 +26,7 @@ __all__ = [
     "EVENT",
     "HEARTBEAT",
     "MAX_MESSAGE_BYTES",
+    "Message",
     "PROTOCOL_VERSION",
     "REFRESH",
     "REGISTER",
@@ -33,7 +34,6 @@ __all__ = [
     "SNAPSHOT",
     "STEP",
     "WELCOME",
-    "Message",
     "decode",
     "encode",
 ]

@@ -25,9 +25,9 @@ from interlook_core.errors import ConfigError
 
 __all__ = [
     "AuthorizedKeys",
+    "CurveKeys",
     "apply_client_keys",
     "apply_server_keys",
-    "CurveKeys",
     "generate_keys",
     "is_loopback_endpoint",
     "load_authorized_keys",
