@@ -120,7 +120,8 @@ def main() -> None:
             stop_engine(engine_dir)
         shutil.rmtree(work, ignore_errors=True)
     ms = [value * 1000 for value in latencies]
-    print(f"provider.docker detection latency, docker run -> deployed with ipam.file, n={len(ms)}")
+    print("provider.docker detection latency, docker run -> deployed with ipam.file")
+    print(f"  n    {len(ms):7d}")
     print(f"  p50  {statistics.median(ms):7.1f} ms")
     print(f"  p90  {_percentile(ms, 0.9):7.1f} ms")
     print(f"  mean {statistics.fmean(ms):7.1f} ms")
@@ -130,9 +131,10 @@ def main() -> None:
     # so detection may overlap the command's own exit: its duration is shown too.
     print(f"  (docker run -d itself: p50 {statistics.median(run_times) * 1000:.0f} ms)")
     for interval in (5, 30):
+        average, worst = interval / 2 * 1000, interval * 1000
         print(
-            f"  a provider polling every {interval}s: {interval / 2 * 1000:7.0f} ms on average,"
-            f" {interval * 1000:.0f} ms at worst"
+            f"  a provider polling every {interval}s: "
+            f"{average:.0f} ms on average, {worst:.0f} ms at worst"
         )
 
 

@@ -85,7 +85,11 @@ def is_candidate(labels: Mapping[str, str] | None, selector: Iterable[str]) -> b
     """True when the labels ask for publication: hosts, port and the selector."""
     if not labels:
         return False
-    return LABEL_HOSTS in labels and LABEL_PORT in labels and matches_selector(labels, selector)
+    return (
+        LABEL_HOSTS in labels
+        and LABEL_PORT in labels
+        and matches_selector(labels, selector)
+    )
 
 
 def parse_publication(labels: Mapping[str, str]) -> Publication:

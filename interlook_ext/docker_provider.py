@@ -59,8 +59,19 @@ log = logging.getLogger(__name__)
 # Health events arrive as "health_status: healthy" and are matched on the part
 # before the colon; exec_* events (health checks run one per interval) are not.
 CONTAINER_ACTIONS = frozenset(
-    {"start", "restart", "die", "stop", "kill", "destroy", "pause", "unpause", "rename",
-     "health_status", "update"}
+    {
+        "start",
+        "restart",
+        "die",
+        "stop",
+        "kill",
+        "destroy",
+        "pause",
+        "unpause",
+        "rename",
+        "health_status",
+        "update",
+    }
 )
 SWARM_SERVICE_LABEL = "com.docker.swarm.service.id"
 BACKOFF_START = 0.25
@@ -111,8 +122,15 @@ class DockerProviderSettings(ExtensionSettings):
             )
         if scheme == "tcp":
             host, colon, port = address.rstrip("/").rpartition(":")
-            if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise ValueError(f"{value!r} needs a host and a port, e.g. tcp://HOST:2376")
+            if (
+                not colon
+                or not host
+                or not port.isdigit()
+                or not 1 <= int(port) <= 65535
+            ):
+                raise ValueError(
+                    f"{value!r} needs a host and a port, e.g. tcp://HOST:2376"
+                )
         return value
 
     @field_validator("tlsCa", "tlsCert", "tlsKey")
@@ -157,7 +175,9 @@ def _engine_errors(what: str) -> Iterator[None]:
         reason = exc.explanation or (
             exc.response.reason if exc.response is not None else str(exc)
         )
-        raise EngineError(f"{what}: the engine answered {exc.status_code}: {reason}") from exc
+        raise EngineError(
+            f"{what}: the engine answered {exc.status_code}: {reason}"
+        ) from exc
     except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
         raise EngineError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
@@ -175,7 +195,9 @@ def open_client(settings: DockerProviderSettings) -> docker.DockerClient:
         with _engine_errors("TLS settings"):
             tls = docker.tls.TLSConfig(
                 client_cert=(
-                    (settings.tlsCert, settings.tlsKey) if settings.tlsCert is not None else None
+                    (settings.tlsCert, settings.tlsKey)
+                    if settings.tlsCert is not None
+                    else None
                 ),
                 ca_cert=settings.tlsCa,
                 verify=settings.tlsCa if settings.tlsCa is not None else True,
@@ -199,7 +221,9 @@ def open_client(settings: DockerProviderSettings) -> docker.DockerClient:
         finally:
             probe.close()
         if not isinstance(version, str):
-            raise docker.errors.DockerException("the engine did not report its API version")
+            raise docker.errors.DockerException(
+                "the engine did not report its API version"
+            )
         client = docker.DockerClient(
             base_url=settings.endpoint,
             tls=tls,
@@ -221,7 +245,9 @@ class _EventStream:
         with _engine_errors("opening the event stream"):
             self._stream = client.api.events(decode=True, filters=filters)
         self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, name="docker-events", daemon=True)
+        self._thread = threading.Thread(
+            target=self._pump, name="docker-events", daemon=True
+        )
         self._thread.start()
 
     def _pump(self) -> None:
@@ -261,6 +287,7 @@ class DockerProvider(Provider):
         self._reported: dict[str, Service] = {}
         self._label_errors: dict[str, str] = {}
         self._engine_up: bool | None = None
+        self._engine_version = "?"
 
     # -- the watch loop ------------------------------------------------------
 
@@ -278,13 +305,15 @@ class DockerProvider(Provider):
                 self._engine_down(str(exc))
             finally:
                 self._disconnect()
-            log.debug("ENGINE_RETRY endpoint=%s in=%.2fs", self.settings.endpoint, backoff)
+            log.debug(
+                "ENGINE_RETRY endpoint=%s in=%.2fs", self.settings.endpoint, backoff
+            )
             if feed.wait(backoff):
                 return
             backoff = min(backoff * 2, self.settings.reconnectMaxInterval)
 
     def _follow(self, feed: ServiceFeed) -> None:
-        """Report snapshots and changes until stopping; raise when the engine is lost."""
+        """Report snapshots and changes until stopping; raise if the engine is lost."""
         assert self._client is not None and self._mode is not None
         # The stream opens before the first listing so no change falls in between.
         events = _EventStream(self._client, self._event_filters())
@@ -295,8 +324,12 @@ class DockerProvider(Provider):
             settle_until = next_settle = 0.0
             while True:
                 now = time.monotonic()
-                deadline = next_poll if now >= settle_until else min(next_poll, next_settle)
-                relevant, ended = self._next_events(events, max(0.0, min(STOP_CHECK, deadline - now)))
+                deadline = (
+                    next_poll if now >= settle_until else min(next_poll, next_settle)
+                )
+                relevant, ended = self._next_events(
+                    events, max(0.0, min(STOP_CHECK, deadline - now))
+                )
                 if feed.stopping.is_set():
                     return
                 if ended:
@@ -379,11 +412,13 @@ class DockerProvider(Provider):
         if self.settings.mode != "auto":
             return self.settings.mode
         swarm = info.get("Swarm") or {}
-        manager = swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
+        manager = swarm.get("LocalNodeState") == "active" and bool(
+            swarm.get("ControlAvailable")
+        )
         return "swarm" if manager else "containers"
 
     def _check_mode(self) -> None:
-        """Reconnect when ``auto`` now resolves differently (the engine joined or left a swarm)."""
+        """Reconnect when ``auto`` resolves anew (the engine joined or left a swarm)."""
         if self.settings.mode != "auto":
             return
         assert self._client is not None
@@ -391,7 +426,12 @@ class DockerProvider(Provider):
             info = self._client.info()
         mode = self._resolve_mode(info)
         if mode != self._mode:
-            log.info("MODE_CHANGED endpoint=%s from=%s to=%s", self.settings.endpoint, self._mode, mode)
+            log.info(
+                "MODE_CHANGED endpoint=%s from=%s to=%s",
+                self.settings.endpoint,
+                self._mode,
+                mode,
+            )
             raise _Reconnect
 
     def _event_filters(self) -> dict[str, Any]:
@@ -412,12 +452,16 @@ class DockerProvider(Provider):
     def _engine_down(self, reason: str) -> None:
         if self._engine_up is not False:
             log.warning(
-                "ENGINE_DOWN endpoint=%s reason=%s; nothing is undeployed until it is back",
+                "ENGINE_DOWN endpoint=%s reason=%s; nothing is undeployed meanwhile",
                 self.settings.endpoint,
                 reason,
             )
         else:
-            log.debug("ENGINE_STILL_DOWN endpoint=%s reason=%s", self.settings.endpoint, reason)
+            log.debug(
+                "ENGINE_STILL_DOWN endpoint=%s reason=%s",
+                self.settings.endpoint,
+                reason,
+            )
         self._engine_up = False
 
     # -- reporting -----------------------------------------------------------
@@ -487,7 +531,7 @@ class DockerProvider(Provider):
             where = f"container={name}"
             try:
                 publication = parse_publication(labels)
-                targets = self._container_targets(summary, publication, where)
+                targets = self._container_targets(summary, publication)
             except LabelError as exc:
                 errors[f"container:{summary.get('Id')}"] = _label_message(where, exc)
                 continue
@@ -497,7 +541,7 @@ class DockerProvider(Provider):
         return services
 
     def _container_targets(
-        self, summary: dict[str, Any], publication: Publication, where: str
+        self, summary: dict[str, Any], publication: Publication
     ) -> list[Target]:
         # A container whose health check has not passed yet, or has failed,
         # stays published but offers no target until it is healthy again.
@@ -562,7 +606,10 @@ class DockerProvider(Provider):
                 errors[f"service:{spec_service.get('ID')}"] = _label_message(where, exc)
                 continue
             targets = _swarm_targets(
-                spec_service, running.get(spec_service.get("ID", ""), []), nodes, publication.port
+                spec_service,
+                running.get(spec_service.get("ID", ""), []),
+                nodes,
+                publication.port,
             )
             service = self._service(name, publication, targets, where, errors)
             if service is not None:
@@ -629,10 +676,16 @@ def _swarm_targets(
             continue
         task_port = port
         if published is not None and published.get("PublishMode") == "host":
-            # Host-mode ports may be chosen per task; the task's status has the one in use.
-            status_ports = ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []
+            # A host-mode port may be chosen per task; the task's status has it.
+            status_ports = ((task.get("Status") or {}).get("PortStatus") or {}).get(
+                "Ports"
+            ) or []
             task_port = next(
-                (p["PublishedPort"] for p in status_ports if p.get("TargetPort") == port),
+                (
+                    p["PublishedPort"]
+                    for p in status_ports
+                    if p.get("TargetPort") == port
+                ),
                 published.get("PublishedPort") or port,
             )
         elif published is not None and published.get("PublishedPort"):

@@ -53,7 +53,9 @@ def _check_engine(host: str) -> None:
         client.ping()
         client.images.get(IMAGE)
     except docker.errors.ImageNotFound:
-        pytest.fail(f"the engine at {host} has no image {IMAGE}; run {START_SCRIPT.name}")
+        pytest.fail(
+            f"the engine at {host} has no image {IMAGE}; run {START_SCRIPT.name}"
+        )
     except docker.errors.DockerException as exc:
         pytest.fail(f"the engine at {host} does not answer: {exc}")
     finally:
@@ -96,7 +98,9 @@ def docker_host() -> Iterator[str]:
     need_program("dockerd")
     need_program("docker")
     if os.geteuid() != 0:
-        _skip_or_fail("dockerd needs root; set INTERLOOK_TEST_DOCKER_HOST to use a running engine")
+        _skip_or_fail(
+            "dockerd needs root; set INTERLOOK_TEST_DOCKER_HOST to use a running engine"
+        )
     # A short folder: it holds the engine's unix socket (108 bytes at most).
     directory = Path(tempfile.mkdtemp(prefix="ild-", dir="/tmp"))
     try:
@@ -132,7 +136,9 @@ class DockerObjects:
         return {TEST_LABEL: self.tag, **labels}
 
     def publication(self, hosts: str, port: int | str, **extra: str) -> dict[str, str]:
-        return self.labels(**{"interlook.hosts": hosts, "interlook.port": str(port)}, **extra)
+        return self.labels(
+            **{"interlook.hosts": hosts, "interlook.port": str(port)}, **extra
+        )
 
     def run(
         self,
@@ -153,7 +159,11 @@ class DockerObjects:
         )
 
     def service(
-        self, base: str, labels: dict[str, str], replicas: int = 1, command: list[str] | None = None
+        self,
+        base: str,
+        labels: dict[str, str],
+        replicas: int = 1,
+        command: list[str] | None = None,
     ) -> Any:
         """Create a host-network Swarm service named ``ilt-TAG-BASE``."""
         return self.client.services.create(
@@ -313,7 +323,7 @@ class TlsFiles:
     client_key: Path
 
     def server_context(self) -> ssl.SSLContext:
-        """A server context that, like ``dockerd --tlsverify``, requires a client cert."""
+        """A server context that requires a client certificate (``--tlsverify``)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.server_cert, self.server_key)
         context.load_verify_locations(self.ca)
@@ -330,17 +340,51 @@ def make_tls_files(directory: Path, name: str = "test") -> TlsFiles:
         subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
 
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", f"/CN=interlook {name} CA")
+    run(
+        "req",
+        "-x509",
+        *key,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=interlook {name} CA",
+    )
     for role, extension in (("server", "serverAuth"), ("client", "clientAuth")):
-        run("req", *key, "-keyout", f"{role}.key", "-out", f"{role}.csr",
-            "-subj", f"/CN=interlook {name} {role}")
-        (directory / f"{role}.ext").write_text(
-            f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={extension}\n", encoding="utf-8"
+        run(
+            "req",
+            *key,
+            "-keyout",
+            f"{role}.key",
+            "-out",
+            f"{role}.csr",
+            "-subj",
+            f"/CN=interlook {name} {role}",
         )
-        run("x509", "-req", "-in", f"{role}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{role}.pem", "-days", "2",
-            "-extfile", f"{role}.ext")
+        (directory / f"{role}.ext").write_text(
+            f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={extension}\n",
+            encoding="utf-8",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{role}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{role}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{role}.ext",
+        )
     return TlsFiles(
         ca=directory / "ca.pem",
         server_cert=directory / "server.pem",

@@ -27,22 +27,23 @@ from interlook_ext.docker_provider import (
     EngineError,
     open_client,
 )
-from tests.integration.docker_engine import (  # noqa: F401 - fixtures
-    DockerObjects,
-    EngineProxy,
-    docker_client,
-    docker_host,
-    docker_objects,
-    make_tls_files,
-    short_dir,
-)
+from tests.integration import docker_engine
+from tests.integration.docker_engine import DockerObjects, EngineProxy, make_tls_files
 from tests.support import Cluster, free_port, wait_until, write_config
+
+# The engine fixtures, made visible to this module's tests.
+docker_host = docker_engine.docker_host
+docker_client = docker_engine.docker_client
+docker_objects = docker_engine.docker_objects
+short_dir = docker_engine.short_dir
 
 CIDR = "10.32.31.0/28"
 FIRST_IP = "10.32.31.1"
 
 
-def _config(tmp_path: Path, endpoint: str, objects: DockerObjects, **provider: Any) -> Path:
+def _config(
+    tmp_path: Path, endpoint: str, objects: DockerObjects, **provider: Any
+) -> Path:
     settings = {
         "endpoint": endpoint,
         "mode": "containers",
@@ -67,7 +68,11 @@ def _start(cluster: Cluster) -> Any:
     provider = cluster.ext("provider.docker")
     cluster.ext("ipam.file")
     cluster.api.wait_extensions({"provider.docker", "ipam.file"})
-    wait_until(lambda: "ENGINE_UP" in provider.output(), 20, what="the provider to reach the engine")
+    wait_until(
+        lambda: "ENGINE_UP" in provider.output(),
+        20,
+        what="the provider to reach the engine",
+    )
     return provider
 
 
@@ -77,7 +82,9 @@ def _allocations(tmp_path: Path) -> dict[str, str]:
 
 
 def _targets(entry: dict[str, Any]) -> list[tuple[str, int, int]]:
-    return sorted((t["host"], t["port"], t["weight"]) for t in entry["service"]["targets"])
+    return sorted(
+        (t["host"], t["port"], t["weight"]) for t in entry["service"]["targets"]
+    )
 
 
 def _deployed_with(targets: list[tuple[str, int, int]]):
@@ -97,14 +104,40 @@ def _deployed_with(targets: list[tuple[str, int, int]]):
 @pytest.mark.parametrize(
     ("labels", "label", "reason"),
     [
-        ({"interlook.hosts": "a.test", "interlook.port": "http"}, "interlook.port", "port"),
-        ({"interlook.hosts": "a.test", "interlook.port": "0"}, "interlook.port", "port"),
-        ({"interlook.hosts": "a.test", "interlook.port": "65536"}, "interlook.port", "port"),
-        ({"interlook.hosts": " , ", "interlook.port": "80"}, "interlook.hosts", "empty"),
-        ({"interlook.hosts": "ok.test,bad_name!", "interlook.port": "80"}, "interlook.hosts",
-         "bad_name!"),
-        ({"interlook.hosts": "a.test", "interlook.port": "80", "interlook.ssl": "maybe"},
-         "interlook.ssl", "true or false"),
+        (
+            {"interlook.hosts": "a.test", "interlook.port": "http"},
+            "interlook.port",
+            "port",
+        ),
+        (
+            {"interlook.hosts": "a.test", "interlook.port": "0"},
+            "interlook.port",
+            "port",
+        ),
+        (
+            {"interlook.hosts": "a.test", "interlook.port": "65536"},
+            "interlook.port",
+            "port",
+        ),
+        (
+            {"interlook.hosts": " , ", "interlook.port": "80"},
+            "interlook.hosts",
+            "empty",
+        ),
+        (
+            {"interlook.hosts": "ok.test,bad_name!", "interlook.port": "80"},
+            "interlook.hosts",
+            "bad_name!",
+        ),
+        (
+            {
+                "interlook.hosts": "a.test",
+                "interlook.port": "80",
+                "interlook.ssl": "maybe",
+            },
+            "interlook.ssl",
+            "true or false",
+        ),
     ],
 )
 def test_bad_label_names_the_label_and_the_problem(labels, label, reason):
@@ -115,7 +148,11 @@ def test_bad_label_names_the_label_and_the_problem(labels, label, reason):
 
 
 def test_labels_give_names_port_and_tls():
-    labels = {"interlook.hosts": "A.test, b.test.,", "interlook.port": "8080", "interlook.ssl": "TRUE"}
+    labels = {
+        "interlook.hosts": "A.test, b.test.,",
+        "interlook.port": "8080",
+        "interlook.ssl": "TRUE",
+    }
     publication = parse_publication(labels)
     assert publication.dns_names == ("a.test", "b.test")
     assert publication.port == 8080 and publication.tls is True
@@ -130,7 +167,7 @@ def test_bad_settings_are_named_in_the_config_error(tmp_path):
     cases = {
         "endpoint: http://x": "endpoint",
         "endpoint: tcp://host": "endpoint",
-        "{endpoint: 'tcp://h:2376', tlsCert: cert.pem}": "tlsCert and tlsKey go together",
+        "{endpoint: 'tcp://h:2376', tlsCert: cert.pem}": "tlsCert and tlsKey go",
         "{tlsCa: cert.pem}": "need a tcp:// endpoint",
         "{endpoint: 'tcp://h:2376', tlsCa: missing.pem}": "file not found",
         "labelSelector: 'a b'": "not a label selector",
@@ -139,14 +176,17 @@ def test_bad_settings_are_named_in_the_config_error(tmp_path):
         "pollInterval: 30": "pollInterval",
     }
     for text, expected in cases.items():
+        section = text if text.startswith("{") else "{" + text + "}"
         path = tmp_path / "interlook.yml"
         path.write_text(
             "core: {workflowSteps: 'provider.docker,ipam.file'}\n"
-            f"provider:\n  docker: {text if text.startswith('{') else '{' + text + '}'}\n"
+            f"provider:\n  docker: {section}\n"
             "ipam:\n  file: {network_cidr: 10.0.0.0/24}\n"
         )
         with pytest.raises(ConfigError) as caught:
-            validate_section(load_config(path), "provider.docker", DockerProviderSettings)
+            validate_section(
+                load_config(path), "provider.docker", DockerProviderSettings
+            )
         assert expected in str(caught.value), (text, str(caught.value))
         assert "provider.docker" in str(caught.value) or "docker" in str(caught.value)
 
@@ -168,7 +208,7 @@ def test_tls_settings_reach_the_sdk_client(tmp_path):
         DockerProviderSettings(tlsCa=str(tls.ca))
 
 
-# -- against the engine -----------------------------------------------------------------
+# -- against the engine ---------------------------------------------------------------
 
 
 def test_labelled_container_deploys_with_an_ip_and_undeploys_when_stopped(
@@ -213,6 +253,31 @@ def _http_answers(port: int) -> bool:
     return True
 
 
+def test_container_health_decides_whether_it_is_a_target(
+    tmp_path, cluster_factory, docker_host, docker_objects
+):
+    cluster = cluster_factory(_config(tmp_path, docker_host, docker_objects))
+    _start(cluster)
+    port = free_port()
+    web = docker_objects.run(
+        "health",
+        docker_objects.publication("health.test", port),
+        healthcheck={
+            "test": ["CMD", "test", "-f", "/tmp/ok"],
+            "interval": 200_000_000,
+            "retries": 1,
+        },
+    )
+
+    # Published from the start, but no target until the health check passes.
+    cluster.api.wait_entry(web.name, _deployed_with([]), 10)
+    web.exec_run(["touch", "/tmp/ok"])
+    cluster.api.wait_entry(web.name, _deployed_with([("127.0.0.1", port, 1)]), 10)
+    web.exec_run(["rm", "/tmp/ok"])
+    entry = cluster.api.wait_entry(web.name, _deployed_with([]), 10)
+    assert entry["service"]["public_ip"] == FIRST_IP
+
+
 def test_bad_labels_are_logged_once_and_others_are_unaffected(
     tmp_path, cluster_factory, docker_host, docker_objects
 ):
@@ -225,11 +290,16 @@ def test_bad_labels_are_logged_once_and_others_are_unaffected(
         "port-big": docker_objects.publication("p.test", 70000),
         "host-bad": docker_objects.publication("ok.test,bad_name!", 80),
         "host-empty": docker_objects.publication(",", 80),
-        "ssl-bad": docker_objects.publication("s.test", 80, **{"interlook.ssl": "maybe"}),
+        "ssl-bad": docker_objects.publication(
+            "s.test", 80, **{"interlook.ssl": "maybe"}
+        ),
     }
-    containers = {base: docker_objects.run(base, labels) for base, labels in bad.items()}
+    containers = {
+        base: docker_objects.run(base, labels) for base, labels in bad.items()
+    }
     good = docker_objects.run(
-        "good", docker_objects.publication("good.test", 8443, **{"interlook.ssl": "true"})
+        "good",
+        docker_objects.publication("good.test", 8443, **{"interlook.ssl": "true"}),
     )
 
     entry = cluster.api.wait_state(good.name, "deployed", timeout=10)
@@ -263,7 +333,9 @@ def test_swarm_service_follows_scale_label_update_and_removal(
     swarm = docker_client.info().get("Swarm") or {}
     assert swarm.get("ControlAvailable"), "the test engine must be a swarm manager"
     # mode auto: the engine is a manager, so the provider reads Swarm services.
-    cluster = cluster_factory(_config(tmp_path, docker_host, docker_objects, mode="auto"))
+    cluster = cluster_factory(
+        _config(tmp_path, docker_host, docker_objects, mode="auto")
+    )
     provider = _start(cluster)
     assert "mode=swarm" in provider.output()
     port = free_port()
@@ -283,16 +355,22 @@ def test_swarm_service_follows_scale_label_update_and_removal(
     service.update(labels=docker_objects.publication("svc2.example.test", port))
     entry = cluster.api.wait_entry(
         name,
-        lambda e: e["service"]["dns_names"] == ["svc2.example.test"]
-        and e["state"] == "deployed"
-        and not e["work_in_progress"],
+        lambda e: (
+            e["service"]["dns_names"] == ["svc2.example.test"]
+            and e["state"] == "deployed"
+            and not e["work_in_progress"]
+        ),
         30,
     )
     assert _targets(entry) == [("127.0.0.1", port, 3)]
     assert entry["service"]["public_ip"] == FIRST_IP
     # The new definition ran the steps again: ipam.file saw each definition.
-    ipam_log = next(p for p in cluster.processes if p.args[:2] == ["ext", "ipam.file"]).output()
-    deploys = re.findall(rf"STEP_DONE service={re.escape(name)} step=ipam.file action=deploy", ipam_log)
+    ipam_log = next(
+        p for p in cluster.processes if p.args[:2] == ["ext", "ipam.file"]
+    ).output()
+    deploys = re.findall(
+        rf"STEP_DONE service={re.escape(name)} step=ipam.file action=deploy", ipam_log
+    )
     assert len(deploys) >= 3
 
     service.remove()
@@ -305,8 +383,12 @@ def test_provider_restart_undeploys_what_went_away_meanwhile(
 ):
     cluster = cluster_factory(_config(tmp_path, docker_host, docker_objects))
     provider = _start(cluster)
-    gone = docker_objects.run("gone", docker_objects.publication("gone.test", free_port()))
-    kept = docker_objects.run("kept", docker_objects.publication("kept.test", free_port()))
+    gone = docker_objects.run(
+        "gone", docker_objects.publication("gone.test", free_port())
+    )
+    kept = docker_objects.run(
+        "kept", docker_objects.publication("kept.test", free_port())
+    )
     cluster.api.wait_state(gone.name, "deployed", timeout=10)
     cluster.api.wait_state(kept.name, "deployed", timeout=10)
 
@@ -317,7 +399,9 @@ def test_provider_restart_undeploys_what_went_away_meanwhile(
     # pollInterval is 60s: only the snapshot sent at start can report it gone.
     cluster.api.wait_state(gone.name, "undeployed", timeout=15)
     assert cluster.api.entry(kept.name)["state"] == "deployed"
-    assert _allocations(tmp_path) == {kept.name: cluster.api.entry(kept.name)["service"]["public_ip"]}
+    assert _allocations(tmp_path) == {
+        kept.name: cluster.api.entry(kept.name)["service"]["public_ip"]
+    }
     assert "ENGINE_UP" in restarted.output()
 
 
@@ -331,8 +415,12 @@ def test_unreachable_engine_undeploys_nothing_and_events_resume(
             _config(tmp_path, proxy.address, docker_objects, pollInterval="500ms")
         )
         provider = _start(cluster)
-        kept = docker_objects.run("kept", docker_objects.publication("kept.test", free_port()))
-        gone = docker_objects.run("gone", docker_objects.publication("gone.test", free_port()))
+        kept = docker_objects.run(
+            "kept", docker_objects.publication("kept.test", free_port())
+        )
+        gone = docker_objects.run(
+            "gone", docker_objects.publication("gone.test", free_port())
+        )
         cluster.api.wait_state(kept.name, "deployed", timeout=10)
         cluster.api.wait_state(gone.name, "deployed", timeout=10)
 
@@ -347,16 +435,24 @@ def test_unreachable_engine_undeploys_nothing_and_events_resume(
         gone.remove(force=True)
         for container in (kept, gone):
             entry = cluster.api.entry(container.name)
-            assert entry["state"] == "deployed" and entry["expected_state"] == "deployed"
+            assert (
+                entry["state"] == "deployed" and entry["expected_state"] == "deployed"
+            )
         assert provider.output().count("ENGINE_DOWN") == 1
 
         proxy.start()
-        wait_until(lambda: provider.output().count("ENGINE_UP") == 2, 15, what="ENGINE_UP again")
+        wait_until(
+            lambda: provider.output().count("ENGINE_UP") == 2,
+            15,
+            what="ENGINE_UP again",
+        )
         # The snapshot after reconnecting reports what went away meanwhile ...
         cluster.api.wait_state(gone.name, "undeployed", timeout=10)
         assert cluster.api.entry(kept.name)["state"] == "deployed"
         # ... and events flow again.
-        late = docker_objects.run("late", docker_objects.publication("late.test", free_port()))
+        late = docker_objects.run(
+            "late", docker_objects.publication("late.test", free_port())
+        )
         cluster.api.wait_state(late.name, "deployed", timeout=10)
         assert provider.output().count("ENGINE_DOWN") == 1
     finally:
@@ -367,7 +463,9 @@ def test_tls_endpoint_reaches_the_engine(
     tmp_path, cluster_factory, docker_host, docker_objects
 ):
     tls = make_tls_files(tmp_path / "tls")
-    proxy = EngineProxy(docker_host, ("127.0.0.1", free_port()), tls=tls.server_context())
+    proxy = EngineProxy(
+        docker_host, ("127.0.0.1", free_port()), tls=tls.server_context()
+    )
     proxy.start()
     try:
         cluster = cluster_factory(
@@ -381,7 +479,9 @@ def test_tls_endpoint_reaches_the_engine(
             )
         )
         _start(cluster)
-        web = docker_objects.run("tls", docker_objects.publication("tls.test", free_port()))
+        web = docker_objects.run(
+            "tls", docker_objects.publication("tls.test", free_port())
+        )
         cluster.api.wait_state(web.name, "deployed", timeout=10)
 
         # The same settings, in process: the SDK client holds our files.
