@@ -15,8 +15,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pydantic
 import pytest
+import requests
+import yaml
 
 from interlook_core.config import load_config, validate_section
 from interlook_core.errors import ConfigError
@@ -25,6 +28,7 @@ from interlook_ext.docker_provider import (
     DockerProvider,
     DockerProviderSettings,
     EngineError,
+    _engine_errors,
     open_client,
 )
 from tests.integration import docker_engine
@@ -61,6 +65,12 @@ def _config(
             "ipam": {"file": {"network_cidr": CIDR, "db_file": "var/ipam.json"}},
         },
     )
+
+
+def _set_core(config: Path, **settings: Any) -> None:
+    document = yaml.safe_load(config.read_text())
+    document["core"].update(settings)
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 def _start(cluster: Cluster) -> Any:
@@ -191,6 +201,25 @@ def test_bad_settings_are_named_in_the_config_error(tmp_path):
         assert "provider.docker" in str(caught.value) or "docker" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        docker.errors.APIError(
+            "refused", explanation="This node is not a swarm manager."
+        ),
+        docker.errors.DockerException("Error while fetching server API version"),
+        requests.ConnectionError("connection refused"),
+        requests.Timeout("read timed out"),
+        OSError(111, "Connection refused"),
+    ],
+)
+def test_engine_errors_are_mapped_to_engine_error(error):
+    with pytest.raises(EngineError) as caught, _engine_errors("listing containers"):
+        raise error
+    assert str(caught.value).startswith("listing containers: ")
+    assert caught.value.__cause__ is error
+
+
 def test_tls_settings_reach_the_sdk_client(tmp_path):
     tls = make_tls_files(tmp_path / "tls")
     settings = DockerProviderSettings(
@@ -214,8 +243,11 @@ def test_tls_settings_reach_the_sdk_client(tmp_path):
 def test_labelled_container_deploys_with_an_ip_and_undeploys_when_stopped(
     tmp_path, cluster_factory, docker_host, docker_objects
 ):
-    cluster = cluster_factory(_config(tmp_path, docker_host, docker_objects))
-    _start(cluster)
+    config = _config(tmp_path, docker_host, docker_objects)
+    # The core asks the provider to confirm entries older than a second.
+    _set_core(config, serviceMaxLastUpdated="1s")
+    cluster = cluster_factory(config)
+    provider = _start(cluster)
     port = free_port()
     bare = docker_objects.run("bare", docker_objects.labels())
     web = docker_objects.run(
@@ -234,6 +266,9 @@ def test_labelled_container_deploys_with_an_ip_and_undeploys_when_stopped(
     # The target is the container's own httpd, on the host network.
     wait_until(lambda: _http_answers(port), 10, what="httpd in the container")
     assert cluster.api.entry(bare.name) is None
+    # A refresh is answered with the current definition: nothing changes.
+    wait_until(lambda: "REFRESHED provider=provider.docker" in provider.output(), 10)
+    assert cluster.api.entry(web.name)["state"] == "deployed"
 
     web.stop(timeout=0)
     entry = cluster.api.wait_state(web.name, "undeployed", timeout=10)
