@@ -26,6 +26,7 @@ from pydantic import (
 
 from interlook_core.durations import parse_duration
 from interlook_core.errors import ConfigError
+from interlook_core.protocol import MAX_MESSAGE_BYTES
 from interlook_core.security import is_loopback_endpoint
 
 __all__ = [
@@ -146,6 +147,8 @@ class CoreSettings(ExtensionSettings):
     cleanUndeployedServiceAfter: Duration = Field("10m", ge=0)
     serviceMaxLastUpdated: Duration = Field("90s", gt=0)
     heartbeatInterval: Duration = Field("2s", ge=0.1, le=600)
+    # Bytes; a bigger message from a peer makes the socket drop its connection.
+    maxMessageSize: int = Field(MAX_MESSAGE_BYTES, ge=65_536, le=1024**3)
     curve: CurveServerSettings | None = None
     allowInsecureBind: bool = False
 

@@ -87,7 +87,17 @@ class Core:
             self.config.core.workflowEntriesFile, sync=self.config.core.workflowEntriesSync
         )
         entries = self.store.load()
-        self.workflow.load(entries)
+        steps = ",".join(self.workflow.steps)
+        previous = self.store.get_meta("workflowSteps")
+        changed = previous is not None and previous != steps
+        if changed:
+            self.log.warning(
+                "WORKFLOW_CHANGED from=%s to=%s action=deployed entries run every step again",
+                previous,
+                steps,
+            )
+        self.workflow.load(entries, workflow_changed=changed)
+        self.store.set_meta("workflowSteps", steps)
         for entry in self.workflow.in_progress():
             entry.sent_time = None
             entry.sent_count = 0
@@ -112,7 +122,9 @@ class Core:
                 "can register as an extension, read service definitions and forge results",
                 settings.endpoint,
             )
-        self._socket = open_router(self._context, settings.endpoint, keys)
+        self._socket = open_router(
+            self._context, settings.endpoint, keys, settings.maxMessageSize
+        )
         self.log.info(
             "LISTENING endpoint=%s workflow=%s curve=%s",
             settings.endpoint,
@@ -371,7 +383,7 @@ class Core:
         pending = self.workflow.pending.get(request_id)
         action = self.workflow.entries[pending].wip_action if pending else None
         ok, error, changes = body["ok"], body.get("error"), body.get("changes")
-        problem = _check_changes(changes) if ok else None
+        problem = _check_changes(instance.name, changes) if ok else None
         if problem:
             ok, error, changes = False, f"invalid reply from extension: {problem}", None
         entry = self.workflow.apply_result(request_id, ok, error, changes, now, instance.name)
@@ -395,7 +407,9 @@ class Core:
         else:
             name = body.get("name") or (body.get("service") or {}).get("name")
             if not isinstance(name, str):
-                self.log.warning("BAD_EVENT provider=%s reason=delete without a name", instance.name)
+                self.log.warning(
+                    "BAD_EVENT provider=%s reason=delete without a name", instance.name
+                )
                 return
             self.workflow.remove(name, now)
 
@@ -505,7 +519,9 @@ class Core:
             self.instances.release(request.request_id)
             self._dispatch(request)
         for request_id in failed:
-            self.instances.release(request_id)
+            instance = self.instances.release(request_id)
+            if instance is not None:
+                self._freed_steps.add(instance.name)
         self.workflow.expired(now)
         stale = self.workflow.stale(now)
         if stale:
@@ -551,14 +567,17 @@ class Core:
         }
 
 
-def _check_changes(changes: Any) -> str | None:
-    if changes is None:
+def _check_changes(step: str, changes: Any) -> str | None:
+    """What is wrong with a step's ``changes``, for the fields that step may set."""
+    if not changes or "public_ip" not in changes or not step.startswith("ipam."):
         return None
-    if "public_ip" in changes:
-        value = changes["public_ip"]
-        if value is not None:
-            try:
-                ipaddress.ip_address(value)
-            except (ValueError, TypeError):
-                return f"public_ip {value!r} is not an IP address"
+    value = changes["public_ip"]
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"public_ip must be a string or nil, not {type(value).__name__}"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"public_ip {value[:64]!r} is not an IP address"
     return None

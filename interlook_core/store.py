@@ -26,7 +26,8 @@ __all__ = ["EntryStore", "open_entry_store"]
 log = logging.getLogger(__name__)
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS entries (name TEXT PRIMARY KEY, record BLOB NOT NULL)"
+    "CREATE TABLE IF NOT EXISTS entries (name TEXT PRIMARY KEY, record BLOB NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
 )
 
 
@@ -76,6 +77,24 @@ class EntryStore:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot write entries: {exc}") from exc
 
+    def get_meta(self, key: str) -> str | None:
+        """A small setting kept beside the entries (e.g. the workflow they follow)."""
+        try:
+            query = "SELECT value FROM meta WHERE key = ?"
+            row = self._db.execute(query, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read {key}: {exc}") from exc
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        try:
+            with self._db:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot write {key}: {exc}") from exc
+
     def close(self) -> None:
         self._db.close()
 
@@ -100,7 +119,7 @@ def open_entry_store(path: str | os.PathLike[str], sync: bool = False) -> EntryS
         connection.isolation_level = "DEFERRED"
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
-        connection.execute(_SCHEMA)
+        connection.executescript(_SCHEMA)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"{path}: cannot open the entries file: {exc}") from exc
     return EntryStore(connection, path)

@@ -20,9 +20,9 @@ __all__ = ["open_dealer", "open_router"]
 HIGH_WATER_MARK = 100_000
 
 
-def _common(socket: zmq.Socket) -> None:
+def _common(socket: zmq.Socket, max_message_size: int = MAX_MESSAGE_BYTES) -> None:
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
     socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
     # Notice a half-open TCP peer (a host that vanished) within minutes.
@@ -32,16 +32,22 @@ def _common(socket: zmq.Socket) -> None:
 
 
 def open_router(
-    context: zmq.Context, endpoint: str, keys: CurveKeys | None = None
+    context: zmq.Context,
+    endpoint: str,
+    keys: CurveKeys | None = None,
+    max_message_size: int = MAX_MESSAGE_BYTES,
 ) -> zmq.Socket:
     """Bind the core's ROUTER socket, a CURVE server when ``keys`` are given.
+
+    A peer sending a message over ``max_message_size`` bytes is disconnected
+    by libzmq before the message is read.
 
     Sends to an unknown or vanished peer raise ``zmq.ZMQError`` with
     ``EHOSTUNREACH`` instead of being dropped silently. With ``keys``, the
     caller must have started the authenticator first.
     """
     socket = context.socket(zmq.ROUTER)
-    _common(socket)
+    _common(socket, max_message_size)
     if keys is not None:
         apply_server_keys(socket, keys)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)

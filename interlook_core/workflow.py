@@ -12,6 +12,7 @@ from the furthest step that may be in effect back to 1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Iterable, Iterator
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 # Fields a step result may change in the service definition, with the steps
 # (by prefix) allowed to change them.
 _MERGEABLE = {"public_ip": "ipam."}
+
+
+def _with_public_ip(service: Service, public_ip: str | None) -> Service:
+    return dataclasses.replace(service, public_ip=public_ip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +111,21 @@ class Workflow:
         self.removed.clear()
         return changed, removed
 
-    def load(self, entries: Iterable[Entry]) -> None:
+    def load(self, entries: Iterable[Entry], workflow_changed: bool = False) -> None:
         """Take the entries read from the store after a restart.
 
-        A step that was in progress is kept in progress with its request id,
-        so :meth:`resend_after_restart` sends it again.
+        A step that was in progress stays in progress with its request id;
+        the caller sends it again.
+
+        Args:
+            entries: the stored entries.
+            workflow_changed: ``core.workflowSteps`` differs from the one the
+                entries were made with. Deployed entries then run every step
+                again, so that an added step is done for them too. A step
+                that was removed from the workflow cannot be undone: its
+                extension is no longer part of it.
         """
+        last = len(self.steps) - 1
         for entry in entries:
             if entry.state not in self._index and entry.state not in (
                 DEPLOYED,
@@ -123,14 +137,25 @@ class Workflow:
                     entry.state,
                 )
                 entry.state = self.provider
-                entry.reach = len(self.steps) - 1
+                entry.reach = last
                 entry.clear_wip()
             if entry.work_in_progress and entry.wip_step not in self._index:
                 entry.clear_wip()
+            entry.reach = min(entry.reach, last)
+            if (
+                workflow_changed
+                and entry.expected_state == DEPLOYED
+                and entry.state != UNDEPLOYED
+                and not entry.work_in_progress
+            ):
+                entry.state = self.provider
+                entry.reach = last
             self.entries[entry.name] = entry
             if entry.request_id is not None:
                 self.pending[entry.request_id] = entry.name
-            if entry.work_in_progress or entry.state != entry.expected_state:
+            if workflow_changed:
+                self._touch(entry)
+            elif entry.work_in_progress or entry.state != entry.expected_state:
                 self.unsettled.add(entry.name)
 
     def in_progress(self) -> Iterator[Entry]:
@@ -151,6 +176,9 @@ class Workflow:
         """Take a definition from the provider: a new service or a new version."""
         entry = self.entries.get(service.name)
         if entry is None:
+            if service.public_ip is not None:
+                # The IPAM step assigns public_ip; a provider does not.
+                service = _with_public_ip(service, None)
             entry = Entry(service, self.provider, now)
             self.entries[service.name] = entry
             log.info("DETECTED service=%s provider=%s", service.name, service.provider)
@@ -165,14 +193,7 @@ class Workflow:
             log.info("REAPPEARED service=%s state=%s", service.name, entry.state)
         if not entry.service.same_definition(service):
             # public_ip belongs to the IPAM step, not to the provider.
-            entry.service = Service(
-                name=service.name,
-                provider=service.provider,
-                targets=service.targets,
-                tls=service.tls,
-                dns_names=service.dns_names,
-                public_ip=entry.service.public_ip,
-            )
+            entry.service = _with_public_ip(service, entry.service.public_ip)
             entry.generation += 1
             entry.error = None
             entry.error_count = 0
@@ -406,15 +427,7 @@ class Workflow:
                 continue
             updates[key] = value
         if "public_ip" in updates:
-            service = entry.service
-            entry.service = Service(
-                name=service.name,
-                provider=service.provider,
-                targets=service.targets,
-                tls=service.tls,
-                dns_names=service.dns_names,
-                public_ip=updates["public_ip"],
-            )
+            entry.service = _with_public_ip(entry.service, updates["public_ip"])
 
     def wake_errors_at(self, step: str) -> int:
         """Retry now the entries that failed at ``step``.

@@ -9,12 +9,15 @@ one, and an IP the core was told about is always on disk.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +164,29 @@ class FileIpam(Provisioner):
         size = self._last - self._first + 1
         raise StepError(f"no free IP in the pool ({size} addresses, all allocated)")
 
-    def deploy(self, service: Service) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the file lock and work on the allocations as on disk now.
+
+        Several ipam.file processes may share one db_file (on one host or a
+        shared file system); the lock file keeps their read-modify-write
+        cycles apart, and the reload sees what the others wrote.
+        """
         with self._lock:
+            self.db_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(f"{self.db_file}.lock", "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    try:
+                        self._allocations = self._load()
+                    except ConfigError as exc:
+                        raise StepError(str(exc)) from exc
+                    yield
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def deploy(self, service: Service) -> dict[str, Any]:
+        with self._exclusive():
             current = self._allocations.get(service.name)
             if current is not None and self._in_pool(current):
                 return {"public_ip": current}
@@ -179,7 +203,7 @@ class FileIpam(Provisioner):
         return {"public_ip": ip}
 
     def undeploy(self, service: Service) -> dict[str, Any]:
-        with self._lock:
+        with self._exclusive():
             ip = self._allocations.get(service.name)
             if ip is not None:
                 allocations = dict(self._allocations)

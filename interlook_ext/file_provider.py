@@ -52,14 +52,21 @@ class FileProvider(Provider):
         first = True
         while True:
             changed = self._scan()
-            if changed or first:
+            # A file never read successfully holds services we know nothing
+            # of: a snapshot without them would undeploy them.
+            if (changed or first) and not self._unknown_files():
                 feed.snapshot(self._current())
                 first = False
             if feed.wait(self.settings.pollInterval):
                 return
 
+    def _unknown_files(self) -> list[Path]:
+        return [path for path in self._reported_errors if path not in self._by_file]
+
     def lookup(self, names: list[str]) -> dict[str, Service | None] | None:
         self._scan()
+        if self._unknown_files():
+            return None
         current = {service.name: service for service in self._current()}
         return {name: current.get(name) for name in names}
 
@@ -141,7 +148,9 @@ class FileProvider(Provider):
         except yaml.YAMLError as exc:
             raise _BadFile(f"not valid YAML: {exc}") from exc
         if data is None:
-            return []
+            # An editor may truncate a file before writing it: an empty file
+            # is taken for a file being written, not for "no services".
+            raise _BadFile("line 1: the file is empty; write 'services: []' for no services")
         if not isinstance(data, dict) or set(data) - {"services"}:
             raise _BadFile("line 1: the file must be a map with one key, services")
         raw_services = data.get("services") or []

@@ -39,6 +39,9 @@ RECONNECT_CAP = 10.0
 # Results kept so that a request the core sends again is answered at once.
 REMEMBERED_RESULTS = 4096
 REFRESH_CHUNK = 1000
+REGISTER_BACKOFF_CAP = 30.0
+# Error texts are cut to this length: the protocol refuses longer strings.
+MAX_ERROR_TEXT = 1000
 
 
 class _LoopFeed(ServiceFeed):
@@ -86,6 +89,12 @@ class ExtensionRunner:
         self._context = zmq.asyncio.Context()
         self._socket: zmq.asyncio.Socket | None = None
         self._registered = False
+        # The core's heartbeat interval, from WELCOME; ours stays what we
+        # announced in REGISTER, which is what the core judges us by.
+        self._core_heartbeat = heartbeat
+        self._register_due = 0.0
+        self._refusals = 0
+        self._last_refusal = ""
         self._running: set[str] = set()
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._pool = ThreadPoolExecutor(
@@ -160,9 +169,10 @@ class ExtensionRunner:
         socket = open_dealer(self._context, self.endpoint, self.keys)
         self._socket = socket
         self._registered = False
-        last_heard = last_register = time.monotonic()
+        last_heard = time.monotonic()
         last_beat = 0.0
         await self._register()
+        self._register_due = last_heard + self.heartbeat
         try:
             while not stop.is_set():
                 if (
@@ -173,13 +183,13 @@ class ExtensionRunner:
                     last_heard = time.monotonic()
                     await self._handle(frames)
                 now = time.monotonic()
-                liveness = self.heartbeat * LIVENESS_FACTOR
+                liveness = self._core_heartbeat * LIVENESS_FACTOR
                 if self._registered and now - last_beat >= self.heartbeat:
                     await self._send(protocol.HEARTBEAT, {})
                     last_beat = now
-                if not self._registered and now - last_register > self.heartbeat:
+                if not self._registered and now >= self._register_due:
                     await self._register()
-                    last_register = now
+                    self._register_due = now + max(self.heartbeat, self._refusal_delay())
                 if now - last_heard > liveness:
                     self.log.warning(
                         "LOST_CORE endpoint=%s silent_for=%.1fs",
@@ -229,7 +239,9 @@ class ExtensionRunner:
         command, body = message.command, message.body
         if command == protocol.WELCOME:
             self._registered = True
-            self.heartbeat = body["heartbeat_ms"] / 1000
+            self._refusals = 0
+            self._last_refusal = ""
+            self._core_heartbeat = body["heartbeat_ms"] / 1000
             self.log.info(
                 "REGISTERED extension=%s endpoint=%s core_version=%s",
                 self.extension.name,
@@ -239,11 +251,15 @@ class ExtensionRunner:
             if self._services is not None:
                 await self._send_snapshot()
         elif command == protocol.DISCONNECT:
-            self.log.info(
-                "DISCONNECTED_BY_CORE reason=%s", body.get("reason", "none given")
-            )
+            reason = body.get("reason", "none given")
+            if reason != self._last_refusal:
+                self.log.warning("DISCONNECTED_BY_CORE reason=%s", reason)
+                self._last_refusal = reason
             self._registered = False
-            await self._register()
+            self._refusals += 1
+            # Register again soon (a restarted core forgot us), but back off
+            # when the core keeps refusing, e.g. a name not in its workflow.
+            self._register_due = time.monotonic() + self._refusal_delay()
         elif command == protocol.HEARTBEAT:
             pass
         elif command == protocol.STEP and isinstance(self.extension, Provisioner):
@@ -252,6 +268,11 @@ class ExtensionRunner:
             self._spawn(self._refresh([n for n in body["names"] if isinstance(n, str)]))
         else:
             self.log.warning("DROPPED from=core reason=unexpected %s", command.decode())
+
+    def _refusal_delay(self) -> float:
+        if self._refusals == 0:
+            return 0.0
+        return min(0.25 * 2 ** (self._refusals - 1), REGISTER_BACKOFF_CAP)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -322,7 +343,7 @@ class ExtensionRunner:
             action,
             error,
         )
-        return {"id": request_id, "ok": False, "error": error}
+        return {"id": request_id, "ok": False, "error": error[:MAX_ERROR_TEXT]}
 
     # -- provider side -------------------------------------------------------
 
@@ -334,9 +355,10 @@ class ExtensionRunner:
         self._spawn(self._send_snapshot())
 
     def on_update(self, service: Service) -> None:
-        if self._services is None:
-            self._services = {}
-        self._services[service.name] = service
+        # Before a first snapshot there is no full list to keep: an update
+        # alone must never become the snapshot sent on registration.
+        if self._services is not None:
+            self._services[service.name] = service
         self.log.info(
             "UPDATE provider=%s service=%s", self.extension.name, service.name
         )

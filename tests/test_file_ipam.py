@@ -96,3 +96,23 @@ def test_a_corrupt_file_stops_the_extension_with_a_clear_message(tmp_path):
 def test_an_ipv6_pool(tmp_path):
     pool = ipam(tmp_path, network_cidr="fd00::/126")
     assert pool.deploy(svc("a")) == {"public_ip": "fd00::1"}
+
+
+def test_two_processes_sharing_one_file_never_give_one_ip_twice(tmp_path):
+    import multiprocessing
+
+    def allocate(prefix: str) -> None:
+        pool = ipam(tmp_path, network_cidr="10.0.0.0/24")
+        for index in range(40):
+            pool.deploy(svc(f"{prefix}{index}"))
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=allocate, args=(p,)) for p in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    allocations = json.loads((tmp_path / "ipam.json").read_text())["allocations"]
+    assert len(allocations) == 80
+    assert len(set(allocations.values())) == 80

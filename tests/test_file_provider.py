@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from interlook_ext.base import ServiceFeed
 from interlook_ext.file_provider import FileProvider, FileProviderSettings
@@ -95,3 +96,40 @@ def test_lookup_answers_from_the_files(tmp_path):
     provider = FileProvider("provider.file", FileProviderSettings(path=str(path)))
     found = provider.lookup(["web", "gone"])
     assert found["gone"] is None and found["web"].dns_names == ("web.example.test",)
+
+
+def test_no_snapshot_until_a_missing_or_broken_file_is_readable(tmp_path):
+    path = tmp_path / "services.yml"
+    feed, thread = watching(path)
+    try:
+        wait_until(lambda: thread.is_alive(), 1)
+        path.write_text("")
+        path.write_text("services: [oops\n")
+        time.sleep(0.3)
+        assert feed.snapshots == [], "nothing is known, so nothing may be deleted"
+        path.write_text(GOOD)
+        wait_until(lambda: feed.snapshots and "web" in feed.snapshots[-1], 5)
+    finally:
+        feed.stopping.set()
+        thread.join(5)
+
+
+def test_an_empty_file_keeps_the_services(tmp_path, caplog):
+    path = tmp_path / "services.yml"
+    path.write_text(GOOD)
+    feed, thread = watching(path)
+    try:
+        wait_until(lambda: feed.snapshots, 5)
+        path.write_text("")
+        wait_until(lambda: "the file is empty" in caplog.text, 5)
+        assert "web" in feed.snapshots[-1]
+    finally:
+        feed.stopping.set()
+        thread.join(5)
+
+
+def test_lookup_cannot_answer_for_a_file_never_read(tmp_path):
+    provider = FileProvider(
+        "provider.file", FileProviderSettings(path=str(tmp_path / "absent.yml"))
+    )
+    assert provider.lookup(["web"]) is None

@@ -291,3 +291,29 @@ def test_an_entry_at_a_step_no_longer_in_the_workflow_is_rerun():
 def test_a_workflow_needs_a_provider_and_a_provisioner(steps):
     with pytest.raises(ValueError):
         Workflow(steps)
+
+
+def test_a_shorter_workflow_keeps_undeploy_within_its_steps():
+    flow = make()
+    flow.upsert(service(), 0)
+    run_to_end(flow, "web")
+    record = flow.entries["web"].to_record()
+    shorter = Workflow(STEPS[:2])
+    shorter.load([Entry.from_record(record)], workflow_changed=True)
+    shorter.remove("web", 1)
+    assert run_to_end(shorter, "web", 1) == [("ipam.file", "undeploy")]
+
+
+def test_a_longer_workflow_runs_the_new_step_for_deployed_entries():
+    short = Workflow(STEPS[:2])
+    short.upsert(service(), 0)
+    run_to_end(short, "web")
+    longer = make()
+    longer.load([Entry.from_record(short.entries["web"].to_record())], workflow_changed=True)
+    assert [s for s, _ in run_to_end(longer, "web", 1)] == ["ipam.file", "dns.x", "lb.y"]
+
+
+def test_a_provider_cannot_set_the_public_ip():
+    flow = make()
+    entry = flow.upsert(service(public_ip="10.9.9.9"), 0)
+    assert entry.service.public_ip is None
