@@ -24,8 +24,9 @@ __all__ = [
 
 MAX_TARGETS = 1024
 MAX_DNS_NAMES = 64
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# \Z, not $: "$" also matches before a final newline, which would let "web\n" pass.
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
 def is_valid_service_name(name: object) -> bool:
