@@ -65,6 +65,9 @@ OWNER_PREFIX = "interlook service="
 # A name changed by someone else between the read and the update is read again
 # this many times before the step gives up with an error.
 MAX_ATTEMPTS = 3
+# fullmatch, because "$" in a pattern also matches before a final newline.
+_NAME_CHARACTERS = re.compile(r"[A-Za-z0-9.-]{1,253}")
+_SERVICE_CHARACTERS = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _KEY_FILE_SECRET = re.compile(r'secret\s+"([^"]+)"')
 
 _ALGORITHMS = Literal[
@@ -246,8 +249,8 @@ class Rfc2136Dns(Provisioner):
     # -- names ----------------------------------------------------------------
 
     def _name(self, text: str) -> dns.name.Name:
-        if not is_valid_hostname(text):
-            raise StepError(f"DNS name {text!r} is not a valid host name")
+        if not (_NAME_CHARACTERS.fullmatch(text) and is_valid_hostname(text)):
+            raise StepError(f"DNS name {text[:80]!r} is not a valid host name")
         try:
             name = dns.name.from_text(text)
         except dns.exception.DNSException as exc:
@@ -474,7 +477,9 @@ class Rfc2136Dns(Provisioner):
             ip = str(ipaddress.ip_address(service.public_ip))
         except ValueError:
             raise StepError(f"public_ip {service.public_ip!r} is not an IP address") from None
-        if not is_valid_service_name(service.name):
+        if not (
+            _SERVICE_CHARACTERS.fullmatch(service.name) and is_valid_service_name(service.name)
+        ):
             raise StepError(f"service name {service.name[:80]!r} cannot be written in a TXT mark")
         names = [self._name(text) for text in service.dns_names]
         wanted = {name.to_text(True).lower(): name for name in names}

@@ -20,7 +20,10 @@ from interlook_core.service import Service, is_valid_hostname
 
 __all__ = ["BadDefinition", "LbRecord", "RenderOptions", "record_from_service", "render"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# Only these characters may reach the file from a host or DNS name; fullmatch,
+# because "$" in a pattern also matches before a final newline.
+_HOST_CHARACTERS = re.compile(r"[A-Za-z0-9.-]{1,253}")
 MAX_NAME = 128
 MAX_TARGETS = 1024
 HEADER = (
@@ -90,7 +93,7 @@ def _check_name(name: object) -> str:
         raise BadDefinition(
             f"service name {_show(name)} is longer than {MAX_NAME} characters"
         )
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise BadDefinition(
             f"service name {_show(name)} may hold only letters, digits, '_', '.' and '-', "
             "starting with a letter or digit"
@@ -98,12 +101,20 @@ def _check_name(name: object) -> str:
     return name
 
 
+def _is_hostname(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and _HOST_CHARACTERS.fullmatch(name) is not None
+        and is_valid_hostname(name)
+    )
+
+
 def _check_host(host: object, where: str) -> str:
     if isinstance(host, str):
         try:
             return str(ipaddress.ip_address(host))
         except ValueError:
-            if is_valid_hostname(host):
+            if _is_hostname(host):
                 return host.rstrip(".")
     raise BadDefinition(f"{where} host {_show(host)} is not an IP address or host name")
 
@@ -146,7 +157,7 @@ def _checked(
             )
         )
     for dns_name in dns_names:
-        if not is_valid_hostname(dns_name):
+        if not _is_hostname(dns_name):
             raise BadDefinition(f"DNS name {_show(dns_name)} is not a valid host name")
     return LbRecord(name=name, public_ip=ip, tls=tls, targets=tuple(checked))
 

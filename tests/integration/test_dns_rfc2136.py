@@ -117,6 +117,10 @@ def test_two_services_claiming_one_name_at_once_one_wins(tmp_path, named: Named)
         ("web.elsewhere.test", "outside the zone 'example.test'"),
         ("bad_name.example.test", "not a valid host name"),
         ("with space.example.test", "not a valid host name"),
+        ("evil\n.example.test", "not a valid host name"),
+        ("final-newline.example.test\n", "not a valid host name"),
+        ("with#hash.example.test", "not a valid host name"),
+        ("w" * 300 + ".example.test", "not a valid host name"),
     ],
 )
 def test_bad_names_fail_clearly_and_change_nothing(tmp_path, named: Named, name, message):

@@ -93,10 +93,13 @@ MALICIOUS = [
     "web bind",
     "web#comment",
     "w" * 300,
+    "web\n",
 ]
 
 
-@pytest.mark.parametrize("bad", MALICIOUS, ids=["newline", "space", "hash", "300-chars"])
+@pytest.mark.parametrize(
+    "bad", MALICIOUS, ids=["newline", "space", "hash", "300-chars", "final-newline"]
+)
 @pytest.mark.parametrize("field", ["name", "dns_name", "host"])
 def test_malicious_values_never_reach_the_file(make_lb, haproxy: Haproxy, http_targets, bad, field):
     lb = make_lb()
