@@ -184,6 +184,10 @@ class Core:
             except Exception:
                 # A bug in one pass must not stop the timers; the next pass retries.
                 self.log.error("TIMER_FAILED action=%s", action.__name__, exc_info=True)
+            # A send from a timer can consume the socket's edge-triggered
+            # readiness; without a pump now, waiting messages would sit unread
+            # until another peer's traffic raised a new edge.
+            self._schedule_pump()
 
     # -- socket --------------------------------------------------------------
 
@@ -548,6 +552,9 @@ class Core:
         self.log.info("REFRESH_ASKED provider=%s services=%d", provider.name, len(names))
 
     def _heartbeat(self) -> None:
+        # Heartbeats already in the socket count: read them before judging,
+        # so a core that was busy does not take its own delay for silence.
+        self._pump()
         now = time.time()
         for instance in self.instances.silent(now, LIVENESS_FACTOR):
             self._send(instance.routing_id, protocol.DISCONNECT, {"reason": "heartbeat timeout"})
