@@ -35,7 +35,8 @@ class Entry:
     starts there, so a step whose reply was lost is still undone.
     """
 
-    __slots__ = (
+    # Persisted by to_record, in this order; the service is stored beside them.
+    FIELDS = (
         "close_time",
         "error",
         "error_count",
@@ -49,7 +50,6 @@ class Entry:
         "request_id",
         "sent_count",
         "sent_time",
-        "service",
         "state",
         "time_detected",
         "wip_action",
@@ -57,6 +57,7 @@ class Entry:
         "wip_time",
         "work_in_progress",
     )
+    __slots__ = (*FIELDS, "_service", "_service_wire")
 
     def __init__(self, service: Service, state: str, now: float) -> None:
         self.service = service
@@ -81,8 +82,23 @@ class Entry:
         self.refresh_sent: float | None = None
 
     @property
+    def service(self) -> Service:
+        return self._service
+
+    @service.setter
+    def service(self, service: Service) -> None:
+        self._service = service
+        self._service_wire: dict[str, Any] | None = None
+
+    def service_wire(self) -> dict[str, Any]:
+        """The service as a wire map, built once per definition (a hot path)."""
+        if self._service_wire is None:
+            self._service_wire = self._service.to_wire()
+        return self._service_wire
+
+    @property
     def name(self) -> str:
-        return self.service.name
+        return self._service.name
 
     def clear_wip(self) -> None:
         self.work_in_progress = False
@@ -92,19 +108,22 @@ class Entry:
 
     def to_record(self) -> dict[str, Any]:
         """Everything needed to resume this entry after a restart."""
-        record = {
-            slot: getattr(self, slot) for slot in self.__slots__ if slot != "service"
-        }
-        record["service"] = self.service.to_wire()
+        record = {field: getattr(self, field) for field in self.FIELDS}
+        record["service"] = self.service_wire()
         return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Entry:
+        """Rebuild an entry written by :meth:`to_record`.
+
+        Raises:
+            ServiceDefinitionError, KeyError, TypeError: a damaged record.
+        """
         service = service_from_wire(record["service"])
         entry = cls(service, record["state"], record["time_detected"])
-        for slot in cls.__slots__:
-            if slot != "service" and slot in record:
-                setattr(entry, slot, record[slot])
+        for field in cls.FIELDS:
+            if field in record:
+                setattr(entry, field, record[field])
         return entry
 
     def to_api(self) -> dict[str, Any]:

@@ -43,13 +43,14 @@ class StepRequest:
     step: str
     action: str
     service: Service
+    service_wire: dict[str, Any]
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "id": self.request_id,
             "step": self.step,
             "action": self.action,
-            "service": self.service.to_wire(),
+            "service": self.service_wire,
         }
 
 
@@ -89,6 +90,8 @@ class Workflow:
         self.pending: dict[str, str] = {}
         self.dirty: set[str] = set()
         self.removed: set[str] = set()
+        # Entries waiting to retry a failed step: name -> that step.
+        self._failed_at: dict[str, str] = {}
         self._index = {step: i for i, step in enumerate(steps)}
         self._boot = secrets.token_hex(4)
         self._counter = 0
@@ -151,6 +154,8 @@ class Workflow:
                 entry.state = self.provider
                 entry.reach = last
             self.entries[entry.name] = entry
+            if entry.error and entry.next_retry is not None:
+                self._failed_at[entry.name] = entry.error.split(" ", 1)[0]
             if entry.request_id is not None:
                 self.pending[entry.request_id] = entry.name
             if workflow_changed:
@@ -195,9 +200,7 @@ class Workflow:
             # public_ip belongs to the IPAM step, not to the provider.
             entry.service = _with_public_ip(service, entry.service.public_ip)
             entry.generation += 1
-            entry.error = None
-            entry.error_count = 0
-            entry.next_retry = None
+            self._clear_error(entry)
             if entry.state != UNDEPLOYED:
                 entry.state = self.provider
             log.info("CHANGED service=%s steps=rerun", service.name)
@@ -215,9 +218,7 @@ class Workflow:
         entry.expected_state = UNDEPLOYED
         entry.last_update = now
         entry.refresh_sent = None
-        entry.error = None
-        entry.error_count = 0
-        entry.next_retry = None
+        self._clear_error(entry)
         log.info("REMOVED service=%s state=%s", name, entry.state)
         self._settle_without_steps(entry, now)
         self._touch(entry)
@@ -298,7 +299,11 @@ class Workflow:
         """The request of the step an entry has in progress (to send or resend)."""
         assert entry.request_id is not None and entry.wip_step and entry.wip_action
         return StepRequest(
-            entry.request_id, entry.wip_step, entry.wip_action, entry.service
+            entry.request_id,
+            entry.wip_step,
+            entry.wip_action,
+            entry.service,
+            entry.service_wire(),
         )
 
     def due_requests(
@@ -373,6 +378,7 @@ class Workflow:
                 self.timings.retry_cap,
             )
             entry.next_retry = now + delay
+            self._failed_at[name] = step
             log.warning(
                 "FAILED service=%s step=%s action=%s retry_in=%.1fs error=%s",
                 name,
@@ -384,9 +390,7 @@ class Workflow:
             self._touch(entry)
             return entry
 
-        entry.error = None
-        entry.error_count = 0
-        entry.next_retry = None
+        self._clear_error(entry)
         self._merge(entry, step, changes or {})
         if action == "deploy":
             if (
@@ -435,17 +439,16 @@ class Workflow:
         Called when an undeploy of ``step`` frees something (an IP, a name):
         an entry that failed for want of it should not wait for its backoff.
         """
-        woken = 0
-        for name in self.unsettled:
-            entry = self.entries[name]
-            if (
-                entry.next_retry is not None
-                and entry.error
-                and entry.error.startswith(step + " ")
-            ):
-                entry.next_retry = None
-                woken += 1
-        return woken
+        woken = [name for name, failed in self._failed_at.items() if failed == step]
+        for name in woken:
+            self.entries[name].next_retry = None
+        return len(woken)
+
+    def _clear_error(self, entry: Entry) -> None:
+        entry.error = None
+        entry.error_count = 0
+        entry.next_retry = None
+        self._failed_at.pop(entry.name, None)
 
     # -- housekeeping --------------------------------------------------------
 
@@ -496,6 +499,7 @@ class Workflow:
         ]
         for name in names:
             del self.entries[name]
+            self._failed_at.pop(name, None)
             self.unsettled.discard(name)
             self.dirty.discard(name)
             self.removed.add(name)

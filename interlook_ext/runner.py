@@ -20,8 +20,8 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgpack
 import zmq
-import zmq.asyncio
 
 from interlook_core import __version__, protocol
 from interlook_core.errors import ProtocolError, ServiceDefinitionError, StepError
@@ -40,6 +40,9 @@ RECONNECT_CAP = 10.0
 REMEMBERED_RESULTS = 4096
 REFRESH_CHUNK = 1000
 REGISTER_BACKOFF_CAP = 30.0
+DRAIN_BATCH = 1000
+_MORE = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+_LAST = int(zmq.NOBLOCK)
 # Error texts are cut to this length: the protocol refuses longer strings.
 MAX_ERROR_TEXT = 1000
 
@@ -86,8 +89,10 @@ class ExtensionRunner:
         self.heartbeat = heartbeat
         self.capacity = capacity or extension.capacity
         self.log = logger or log
-        self._context = zmq.asyncio.Context()
-        self._socket: zmq.asyncio.Socket | None = None
+        self._context = zmq.Context()
+        self._socket: zmq.Socket | None = None
+        self._wakeup = asyncio.Event()
+        self._last_heard = 0.0
         self._registered = False
         # The core's heartbeat interval, from WELCOME; ours stays what we
         # announced in REGISTER, which is what the core judges us by.
@@ -166,58 +171,86 @@ class ExtensionRunner:
     # -- one connection ------------------------------------------------------
 
     async def _session(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         socket = open_dealer(self._context, self.endpoint, self.keys)
         self._socket = socket
+        self._wakeup = asyncio.Event()
+        loop.add_reader(socket.FD, self._wakeup.set)
         self._registered = False
-        last_heard = time.monotonic()
+        self._last_heard = time.monotonic()
         last_beat = 0.0
-        await self._register()
-        self._register_due = last_heard + self.heartbeat
+        self._register()
+        self._register_due = self._last_heard + self.heartbeat
         try:
             while not stop.is_set():
-                if (
-                    await socket.poll(timeout=min(self.heartbeat, 0.5) * 1000)
-                    & zmq.POLLIN
-                ):
-                    frames = await socket.recv_multipart()
-                    last_heard = time.monotonic()
-                    await self._handle(frames)
+                self._drain(socket)
                 now = time.monotonic()
-                liveness = self._core_heartbeat * LIVENESS_FACTOR
                 if self._registered and now - last_beat >= self.heartbeat:
-                    await self._send(protocol.HEARTBEAT, {})
+                    self._send(protocol.HEARTBEAT, {})
                     last_beat = now
                 if not self._registered and now >= self._register_due:
-                    await self._register()
-                    self._register_due = now + max(self.heartbeat, self._refusal_delay())
-                if now - last_heard > liveness:
+                    self._register()
+                    self._register_due = now + max(
+                        self.heartbeat, self._refusal_delay()
+                    )
+                silent = now - self._last_heard
+                if silent > self._core_heartbeat * LIVENESS_FACTOR:
                     self.log.warning(
-                        "LOST_CORE endpoint=%s silent_for=%.1fs",
-                        self.endpoint,
-                        now - last_heard,
+                        "LOST_CORE endpoint=%s silent_for=%.1fs", self.endpoint, silent
                     )
                     return
+                # The descriptor is edge-triggered: look before sleeping.
+                self._wakeup.clear()
+                if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    continue
+                try:
+                    await asyncio.wait_for(
+                        self._wakeup.wait(), min(self.heartbeat, 0.5)
+                    )
+                except TimeoutError:
+                    pass
             if self._registered:
-                await self._send(protocol.DISCONNECT, {"reason": "shutting down"})
+                self._send(protocol.DISCONNECT, {"reason": "shutting down"})
         finally:
+            loop.remove_reader(socket.FD)
             self._registered = False
             self._socket = None
             socket.close(linger=100)
 
-    async def _send(self, command: bytes, body: dict[str, Any]) -> None:
-        if self._socket is None:
+    def _drain(self, socket: zmq.Socket) -> None:
+        """Handle every message waiting, without blocking."""
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_heard = time.monotonic()
+            try:
+                self._handle(frames)
+            except Exception:
+                # One bad message must not end the session for the others.
+                self.log.error("HANDLER_FAILED from=core", exc_info=True)
+
+    def _send(self, command: bytes, body: dict[str, Any]) -> None:
+        socket = self._socket
+        if socket is None:
             return
         try:
-            await self._socket.send_multipart(
-                protocol.encode(command, body), zmq.NOBLOCK
-            )
+            socket.send(protocol.PROTOCOL_VERSION, _MORE)
+            socket.send(command, _MORE)
+            socket.send(msgpack.packb(body), _LAST)
         except zmq.Again:
             # Not connected yet or the core is not reading: the heartbeat
             # logic notices a dead core; a lost RESULT is answered on resend.
             self.log.debug("SEND_DEFERRED command=%s reason=no connected core", command)
+            return
+        # A send may consume the descriptor's edge for a message that
+        # arrived meanwhile; wake the session loop to look.
+        if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._wakeup.set()
 
-    async def _register(self) -> None:
-        await self._send(
+    def _register(self) -> None:
+        self._send(
             protocol.REGISTER,
             {
                 "name": self.extension.name,
@@ -230,7 +263,7 @@ class ExtensionRunner:
             },
         )
 
-    async def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[bytes]) -> None:
         try:
             message = protocol.decode(frames)
         except ProtocolError as exc:
@@ -249,7 +282,7 @@ class ExtensionRunner:
                 body.get("core_version", "?"),
             )
             if self._services is not None:
-                await self._send_snapshot()
+                self._send_snapshot()
         elif command == protocol.DISCONNECT:
             reason = body.get("reason", "none given")
             if reason != self._last_refusal:
@@ -286,7 +319,7 @@ class ExtensionRunner:
         if request_id in self._running:
             return
         if request_id in self._results:
-            await self._send(protocol.RESULT, self._results[request_id])
+            self._send(protocol.RESULT, self._results[request_id])
             return
         self._running.add(request_id)
         try:
@@ -296,7 +329,7 @@ class ExtensionRunner:
         self._results[request_id] = result
         while len(self._results) > REMEMBERED_RESULTS:
             self._results.popitem(last=False)
-        await self._send(protocol.RESULT, result)
+        self._send(protocol.RESULT, result)
 
     async def _perform(self, body: dict[str, Any]) -> dict[str, Any]:
         extension = self.extension
@@ -352,7 +385,7 @@ class ExtensionRunner:
         self.log.info(
             "SNAPSHOT provider=%s services=%d", self.extension.name, len(services)
         )
-        self._spawn(self._send_snapshot())
+        self._send_snapshot()
 
     def on_update(self, service: Service) -> None:
         # Before a first snapshot there is no full list to keep: an update
@@ -363,10 +396,8 @@ class ExtensionRunner:
             "UPDATE provider=%s service=%s", self.extension.name, service.name
         )
         if self._registered:
-            self._spawn(
-                self._send(
-                    protocol.EVENT, {"action": "update", "service": service.to_wire()}
-                )
+            self._send(
+                protocol.EVENT, {"action": "update", "service": service.to_wire()}
             )
 
     def on_delete(self, name: str) -> None:
@@ -374,12 +405,12 @@ class ExtensionRunner:
             self._services.pop(name, None)
         self.log.info("DELETE provider=%s service=%s", self.extension.name, name)
         if self._registered:
-            self._spawn(self._send(protocol.EVENT, {"action": "delete", "name": name}))
+            self._send(protocol.EVENT, {"action": "delete", "name": name})
 
-    async def _send_snapshot(self) -> None:
+    def _send_snapshot(self) -> None:
         if self._registered and self._services is not None:
             services = [service.to_wire() for service in self._services.values()]
-            await self._send(protocol.SNAPSHOT, {"services": services})
+            self._send(protocol.SNAPSHOT, {"services": services})
 
     async def _refresh(self, names: list[str]) -> None:
         extension = self.extension
@@ -399,9 +430,9 @@ class ExtensionRunner:
                 continue
             service = found[name]
             if service is None:
-                await self._send(protocol.EVENT, {"action": "delete", "name": name})
+                self._send(protocol.EVENT, {"action": "delete", "name": name})
             else:
-                await self._send(
+                self._send(
                     protocol.EVENT, {"action": "update", "service": service.to_wire()}
                 )
         self.log.info("REFRESHED provider=%s services=%d", extension.name, len(names))
