@@ -93,7 +93,9 @@ class Rfc2136Settings(ExtensionSettings):
             ipaddress.ip_address(self.server)
         except ValueError:
             if not is_valid_hostname(self.server):
-                raise ValueError(f"server {self.server!r} is not an IP address or host name")
+                raise ValueError(
+                    f"server {self.server!r} is not an IP address or host name"
+                ) from None
         if not is_valid_hostname(self.zone):
             raise ValueError(f"zone {self.zone!r} is not a valid DNS name")
         if self.tsigSecret is not None and self.tsigSecretFile is not None:
@@ -125,7 +127,9 @@ def read_secret_file(path: str) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"dns.rfc2136: cannot read tsigSecretFile {path}: {exc}") from exc
+        raise ConfigError(
+            f"dns.rfc2136: cannot read tsigSecretFile {path}: {exc}"
+        ) from exc
     found = _KEY_FILE_SECRET.search(text)
     secret = found.group(1) if found else text.strip()
     try:
@@ -192,7 +196,9 @@ class Rfc2136Dns(Provisioner):
                 secret = read_secret_file(str(settings.tsigSecretFile))
             self._keyname = dns.name.from_text(settings.tsigKeyName)
             self._keyring = {
-                self._keyname: dns.tsig.Key(self._keyname, secret, settings.tsigAlgorithm)
+                self._keyname: dns.tsig.Key(
+                    self._keyname, secret, settings.tsigAlgorithm
+                )
             }
         self._state_lock = threading.Lock()
         self._service_locks: dict[str, threading.Lock] = {}
@@ -206,7 +212,9 @@ class Rfc2136Dns(Provisioner):
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise ConfigError(f"dns.rfc2136: cannot read stateFile {self.state_file}: {exc}") from exc
+            raise ConfigError(
+                f"dns.rfc2136: cannot read stateFile {self.state_file}: {exc}"
+            ) from exc
         try:
             services = json.loads(text)["services"]
             if not isinstance(services, dict) or not all(
@@ -230,11 +238,15 @@ class Rfc2136Dns(Provisioner):
                 state.pop(service, None)
             if state == self._state:
                 return
-            payload = json.dumps({"version": 1, "services": state}, indent=1, sort_keys=True)
+            payload = json.dumps(
+                {"version": 1, "services": state}, indent=1, sort_keys=True
+            )
             try:
                 _atomic_write(self.state_file, payload)
             except OSError as exc:
-                raise StepError(f"cannot write stateFile {self.state_file}: {exc}") from exc
+                raise StepError(
+                    f"cannot write stateFile {self.state_file}: {exc}"
+                ) from exc
             self._state = state
 
     def owned_names(self, service: str) -> list[str]:
@@ -306,11 +318,13 @@ class Rfc2136Dns(Provisioner):
         except ValueError:
             pass
         try:
-            return socket.getaddrinfo(self.server, self.settings.port, type=socket.SOCK_STREAM)[0][
-                4
-            ][0]
+            return socket.getaddrinfo(
+                self.server, self.settings.port, type=socket.SOCK_STREAM
+            )[0][4][0]
         except OSError as exc:
-            raise StepError(f"cannot resolve DNS server name {self.server!r}: {exc}") from None
+            raise StepError(
+                f"cannot resolve DNS server name {self.server!r}: {exc}"
+            ) from None
 
     def _read(self, name: dns.name.Name) -> _NameView:
         view = _NameView()
@@ -350,7 +364,12 @@ class Rfc2136Dns(Provisioner):
         rcode = response.rcode()
         if rcode == dns.rcode.NOERROR:
             return
-        if rcode in (dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.NXDOMAIN, dns.rcode.YXDOMAIN):
+        if rcode in (
+            dns.rcode.NXRRSET,
+            dns.rcode.YXRRSET,
+            dns.rcode.NXDOMAIN,
+            dns.rcode.YXDOMAIN,
+        ):
             raise _PrerequisiteFailed()
         label = name.to_text(True)
         settings: Rfc2136Settings = self.settings  # type: ignore[assignment]
@@ -366,7 +385,9 @@ class Rfc2136Dns(Provisioner):
                 f"not authoritative for {self.zone.to_text(True)}, or the TSIG key was rejected"
             )
         if rcode == dns.rcode.NOTZONE:
-            raise StepError(f"{label} is not in zone {self.zone.to_text(True)} (NOTZONE)")
+            raise StepError(
+                f"{label} is not in zone {self.zone.to_text(True)} (NOTZONE)"
+            )
         raise StepError(
             f"DNS server {self._where()} answered {dns.rcode.to_text(rcode)} to the update "
             f"of {label}"
@@ -380,7 +401,9 @@ class Rfc2136Dns(Provisioner):
         return f'"{OWNER_PREFIX}{service}"'
 
     @staticmethod
-    def _same_txt(message: dns.update.UpdateMessage, name: dns.name.Name, view: _NameView) -> None:
+    def _same_txt(
+        message: dns.update.UpdateMessage, name: dns.name.Name, view: _NameView
+    ) -> None:
         if view.txt:
             for rdata in view.txt:
                 message.present(name, rdata)
@@ -432,11 +455,19 @@ class Rfc2136Dns(Provisioner):
             try:
                 self._update(message, name)
             except _PrerequisiteFailed:
-                log.info("RETRYING service=%s name=%s reason=changed since read", service, label)
+                log.info(
+                    "RETRYING service=%s name=%s reason=changed since read",
+                    service,
+                    label,
+                )
                 continue
-            log.info("%s service=%s name=%s type=%s ip=%s", verdict, service, label, kind, ip)
+            log.info(
+                "%s service=%s name=%s type=%s ip=%s", verdict, service, label, kind, ip
+            )
             return
-        raise StepError(f"DNS name {label} kept changing on the server; try again later")
+        raise StepError(
+            f"DNS name {label} kept changing on the server; try again later"
+        )
 
     def _remove(self, service: str, name: dns.name.Name) -> None:
         label = name.to_text(True)
@@ -453,16 +484,22 @@ class Rfc2136Dns(Provisioner):
             try:
                 self._update(message, name)
             except _PrerequisiteFailed:
-                log.info("RETRYING service=%s name=%s reason=changed since read", service, label)
+                log.info(
+                    "RETRYING service=%s name=%s reason=changed since read",
+                    service,
+                    label,
+                )
                 continue
             log.info("RECORD_REMOVED service=%s name=%s", service, label)
             return
-        raise StepError(f"DNS name {label} kept changing on the server; try again later")
+        raise StepError(
+            f"DNS name {label} kept changing on the server; try again later"
+        )
 
     # -- steps ----------------------------------------------------------------
 
     def deploy(self, service: Service) -> dict[str, Any] | None:
-        """Point every name of ``service`` at its public IP; drop names it no longer has.
+        """Point every name of ``service`` at its public IP; drop the names it lost.
 
         Raises:
             StepError: no public IP yet, a name is invalid, outside the zone or
@@ -476,18 +513,23 @@ class Rfc2136Dns(Provisioner):
         try:
             ip = str(ipaddress.ip_address(service.public_ip))
         except ValueError:
-            raise StepError(f"public_ip {service.public_ip!r} is not an IP address") from None
+            raise StepError(
+                f"public_ip {service.public_ip!r} is not an IP address"
+            ) from None
         if not (
-            _SERVICE_CHARACTERS.fullmatch(service.name) and is_valid_service_name(service.name)
+            _SERVICE_CHARACTERS.fullmatch(service.name)
+            and is_valid_service_name(service.name)
         ):
-            raise StepError(f"service name {service.name[:80]!r} cannot be written in a TXT mark")
+            raise StepError(
+                f"service name {service.name[:80]!r} cannot be written in a TXT mark"
+            )
         names = [self._name(text) for text in service.dns_names]
         wanted = {name.to_text(True).lower(): name for name in names}
         with self._service_lock(service.name):
             previous = self.owned_names(service.name)
             self._record_names(service.name, sorted(set(previous) | set(wanted)))
             errors: list[str] = []
-            for text, name in wanted.items():
+            for name in wanted.values():
                 try:
                     self._ensure(service.name, name, ip)
                 except StepError as exc:

@@ -18,7 +18,13 @@ from typing import Any
 
 from interlook_core.service import Service, is_valid_hostname
 
-__all__ = ["BadDefinition", "LbRecord", "RenderOptions", "record_from_service", "render"]
+__all__ = [
+    "BadDefinition",
+    "LbRecord",
+    "RenderOptions",
+    "record_from_service",
+    "render",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Only these characters may reach the file from a host or DNS name; fullmatch,
@@ -62,9 +68,13 @@ class LbRecord:
         targets = []
         for target in raw["targets"]:
             if not isinstance(target, list) or len(target) != 3:
-                raise BadDefinition(f"target {str(target)[:80]!r} is not [host, port, weight]")
+                raise BadDefinition(
+                    f"target {str(target)[:80]!r} is not [host, port, weight]"
+                )
             targets.append(tuple(target))
-        return _checked(raw.get("name"), raw.get("public_ip"), raw.get("tls"), targets, ())
+        return _checked(
+            raw.get("name"), raw.get("public_ip"), raw.get("tls"), targets, ()
+        )
 
     def port(self, options: RenderOptions) -> int:
         return options.https_port if self.tls else options.http_port
@@ -83,7 +93,9 @@ class RenderOptions:
 
 def _show(value: object) -> str:
     text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}...' ({len(str(value))} characters)"
+    return (
+        text if len(text) <= 60 else f"{text[:57]}...' ({len(str(value))} characters)"
+    )
 
 
 def _check_name(name: object) -> str:
@@ -120,7 +132,11 @@ def _check_host(host: object, where: str) -> str:
 
 
 def _check_int(value: object, low: int, high: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= high
+    ):
         raise BadDefinition(f"{what} {_show(value)} is not an integer in {low}..{high}")
     return value
 
@@ -141,7 +157,9 @@ def _checked(
     try:
         ip = str(ipaddress.ip_address(public_ip))  # type: ignore[arg-type]
     except ValueError:
-        raise BadDefinition(f"public_ip {_show(public_ip)} is not an IP address") from None
+        raise BadDefinition(
+            f"public_ip {_show(public_ip)} is not an IP address"
+        ) from None
     if not isinstance(tls, bool):
         raise BadDefinition(f"tls {_show(tls)} is not true or false")
     if len(targets) > MAX_TARGETS:
@@ -170,7 +188,9 @@ def record_from_service(service: Service) -> LbRecord:
             as it is; the message names the field and shows the value.
     """
     targets = [(t.host, t.port, t.weight) for t in service.targets]
-    return _checked(service.name, service.public_ip, service.tls, targets, service.dns_names)
+    return _checked(
+        service.name, service.public_ip, service.tls, targets, service.dns_names
+    )
 
 
 def _address(host: str, port: int) -> str:
@@ -211,8 +231,13 @@ def render(records: list[LbRecord], options: RenderOptions) -> str:
             check = f" check inter {options.check_interval_ms}"
             if mode == "http":
                 # Any answer short of a server error means the target is up.
-                lines += ["    option httpchk GET /", "    http-check expect ! rstatus ^5"]
+                lines += [
+                    "    option httpchk GET /",
+                    "    http-check expect ! rstatus ^5",
+                ]
         for index, (host, port, weight) in enumerate(record.targets, start=1):
-            lines.append(f"    server t{index} {_address(host, port)} weight {weight}{check}")
+            lines.append(
+                f"    server t{index} {_address(host, port)} weight {weight}{check}"
+            )
         parts.append("\n".join(lines) + "\n")
     return "".join(parts)

@@ -212,7 +212,9 @@ class HaproxyLoadBalancer(Provisioner):
         )
         self.cli = MasterCli(settings.masterSocket, settings.timeout)
         if not self.main_file.is_file():
-            raise ConfigError(f"lb.haproxy: mainConfigFile {self.main_file} is not a file")
+            raise ConfigError(
+                f"lb.haproxy: mainConfigFile {self.main_file} is not a file"
+            )
         self._records = self._load_state()
         self._queue: list[_Change] = []
         self._wakeup = threading.Condition()
@@ -221,7 +223,9 @@ class HaproxyLoadBalancer(Provisioner):
         # The file on disk may hold changes HAProxy has not loaded (a lost
         # reload, or a file rebuilt at start): the next batch reloads.
         self._needs_reload = self._read_file() != self._text(self._records)
-        self._worker = threading.Thread(target=self._run, name="haproxy-reload", daemon=True)
+        self._worker = threading.Thread(
+            target=self._run, name="haproxy-reload", daemon=True
+        )
         self._worker.start()
 
     # -- files ---------------------------------------------------------------
@@ -232,7 +236,9 @@ class HaproxyLoadBalancer(Provisioner):
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise ConfigError(f"lb.haproxy: cannot read stateFile {self.state_file}: {exc}") from exc
+            raise ConfigError(
+                f"lb.haproxy: cannot read stateFile {self.state_file}: {exc}"
+            ) from exc
         try:
             raw = json.loads(text)["services"]
             records = [LbRecord.from_json(item) for item in raw]
@@ -272,7 +278,15 @@ class HaproxyLoadBalancer(Provisioner):
             try:
                 # -W as HAProxy runs: a master-worker file without frontends is valid.
                 result = subprocess.run(
-                    [settings.haproxyBinary, "-c", "-W", "-f", str(self.main_file), "-f", temp],
+                    [
+                        settings.haproxyBinary,
+                        "-c",
+                        "-W",
+                        "-f",
+                        str(self.main_file),
+                        "-f",
+                        temp,
+                    ],
                     capture_output=True,
                     text=True,
                     timeout=settings.timeout,
@@ -287,7 +301,9 @@ class HaproxyLoadBalancer(Provisioner):
             return None
         output = (result.stdout + result.stderr).replace(temp, str(self.config_file))
         alerts = [line.strip() for line in output.splitlines() if "ALERT" in line]
-        message = " | ".join(alerts) or output.strip() or f"exit status {result.returncode}"
+        message = (
+            " | ".join(alerts) or output.strip() or f"exit status {result.returncode}"
+        )
         return message[:_MAX_MESSAGE]
 
     # -- the reload thread ---------------------------------------------------
@@ -358,7 +374,11 @@ class HaproxyLoadBalancer(Provisioner):
             return
         records = self._merged(batch)
         text = self._text(records)
-        if records == self._records and not self._needs_reload and self._read_file() == text:
+        if (
+            records == self._records
+            and not self._needs_reload
+            and self._read_file() == text
+        ):
             for change in batch:
                 change.finish()
             return
@@ -370,7 +390,9 @@ class HaproxyLoadBalancer(Provisioner):
                     self._apply([change])
                 return
             log.warning("CONFIG_REFUSED service=%s reason=%s", batch[0].name, problem)
-            batch[0].finish(f"HAProxy refused the configuration for this service: {problem}")
+            batch[0].finish(
+                f"HAProxy refused the configuration for this service: {problem}"
+            )
             return
 
         previous_records, previous_text = self._records, self._text(self._records)
@@ -379,7 +401,9 @@ class HaproxyLoadBalancer(Provisioner):
             _atomic_write(self.config_file, text)
         except OSError as exc:
             for change in batch:
-                change.finish(f"cannot write {self.config_file} or {self.state_file}: {exc}")
+                change.finish(
+                    f"cannot write {self.config_file} or {self.state_file}: {exc}"
+                )
             return
         self._records = records
         self._needs_reload = True
@@ -458,7 +482,9 @@ class HaproxyLoadBalancer(Provisioner):
             record_from_service(service)
         except BadDefinition as exc:
             if service.name not in self._records:
-                log.debug("NOTHING_TO_REMOVE service=%r reason=%s", service.name[:80], exc)
+                log.debug(
+                    "NOTHING_TO_REMOVE service=%r reason=%s", service.name[:80], exc
+                )
                 return None
         self._submit(_Change(service.name, None))
         return None

@@ -63,7 +63,10 @@ class Named:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_udp_and_tcp_port()
         key_text = subprocess.run(
-            [keygen, "-a", "hmac-sha256", KEY_NAME], check=True, capture_output=True, text=True
+            [keygen, "-a", "hmac-sha256", KEY_NAME],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         self.key_file = directory / "tsig.key"
         self.key_file.write_text(key_text, encoding="utf-8")
@@ -113,7 +116,9 @@ zone "{ZONE}" {{
             start_new_session=True,
         )
         log.close()
-        wait_until(self._answers, 20, what=f"named on port {self.port}: {self.log()[-2000:]}")
+        wait_until(
+            self._answers, 20, what=f"named on port {self.port}: {self.log()[-2000:]}"
+        )
 
     def stop(self) -> None:
         _stop(self.process)
@@ -143,7 +148,17 @@ zone "{ZONE}" {{
         """What ``dig @127.0.0.1 -p PORT NAME`` answers, one record per line."""
         dig = need_program("dig")
         result = subprocess.run(
-            [dig, "@127.0.0.1", "-p", str(self.port), "+short", "+tries=1", "+time=2", name, rdtype],
+            [
+                dig,
+                "@127.0.0.1",
+                "-p",
+                str(self.port),
+                "+short",
+                "+tries=1",
+                "+time=2",
+                name,
+                rdtype,
+            ],
             capture_output=True,
             text=True,
             timeout=10,
@@ -195,15 +210,23 @@ class Haproxy:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
             [
-                self.binary, "-W", "-S", str(self.socket),
-                "-f", str(self.main), "-f", str(self.ours),
+                self.binary,
+                "-W",
+                "-S",
+                str(self.socket),
+                "-f",
+                str(self.main),
+                "-f",
+                str(self.ours),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
-        wait_until(lambda: self.workers(), 20, what=f"haproxy master: {self.log()[-2000:]}")
+        wait_until(
+            lambda: self.workers(), 20, what=f"haproxy master: {self.log()[-2000:]}"
+        )
 
     def stop(self) -> None:
         _stop(self.process)
@@ -267,8 +290,14 @@ class HttpTarget:
         self.port = free_port()
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "http.server", str(self.port),
-                "--bind", "127.0.0.1", "--directory", str(self.root),
+                sys.executable,
+                "-m",
+                "http.server",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(self.root),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -287,7 +316,9 @@ class HttpTarget:
 
 def http_get(host: str, port: int, path: str = "/", timeout: float = 3.0) -> str:
     """The body of ``GET http://host:port/path``; raises OSError when it fails."""
-    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as response:
+    with urllib.request.urlopen(
+        f"http://{host}:{port}{path}", timeout=timeout
+    ) as response:
         return response.read().decode()
 
 

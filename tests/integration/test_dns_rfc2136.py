@@ -11,7 +11,11 @@ import pytest
 from interlook_core.errors import StepError
 from interlook_core.service import Service
 from interlook_ext.dns_rfc2136 import Rfc2136Dns, Rfc2136Settings
-from tests.integration.servers import Named, free_udp_and_tcp_port, named  # noqa: F401
+from tests.integration import servers
+from tests.integration.servers import Named, free_udp_and_tcp_port
+
+# The server fixtures, made visible to this module's tests.
+named = servers.named
 
 MARK = '"interlook service={}"'
 
@@ -25,7 +29,9 @@ def _service(name: str, ip: str | None, *names: str) -> Service:
     return Service(name=name, provider="provider.file", dns_names=names, public_ip=ip)
 
 
-def test_deploy_adds_marked_records_and_repeating_changes_nothing(tmp_path, named: Named):
+def test_deploy_adds_marked_records_and_repeating_changes_nothing(
+    tmp_path, named: Named
+):
     dns = _dns(tmp_path, named.settings())
     web = _service("web", "127.0.1.1", "web.example.test", "www.example.test")
 
@@ -71,9 +77,13 @@ def test_ipv6_public_ip_gets_aaaa_and_switching_back_drops_it(tmp_path, named: N
     assert named.records("six.example.test", "A") == ["127.0.1.6"]
 
 
-def test_records_not_created_by_interlook_are_conflicts_and_stay(tmp_path, named: Named):
+def test_records_not_created_by_interlook_are_conflicts_and_stay(
+    tmp_path, named: Named
+):
     dns = _dns(tmp_path, named.settings())
-    with pytest.raises(StepError, match=r"taken\.example\.test already has A 192\.0\.2\.7"):
+    with pytest.raises(
+        StepError, match=r"taken\.example\.test already has A 192\.0\.2\.7"
+    ):
         dns.deploy(_service("web", "127.0.1.1", "taken.example.test"))
     assert named.records("taken.example.test", "A") == ["192.0.2.7"]
 
@@ -98,7 +108,8 @@ def test_two_services_claiming_one_name_at_once_one_wins(tmp_path, named: Named)
             errors[service] = str(exc)
 
     threads = [
-        threading.Thread(target=claim, args=(f"s{i}", f"127.0.1.{10 + i}")) for i in range(4)
+        threading.Thread(target=claim, args=(f"s{i}", f"127.0.1.{10 + i}"))
+        for i in range(4)
     ]
     for thread in threads:
         thread.start()
@@ -123,7 +134,9 @@ def test_two_services_claiming_one_name_at_once_one_wins(tmp_path, named: Named)
         ("w" * 300 + ".example.test", "not a valid host name"),
     ],
 )
-def test_bad_names_fail_clearly_and_change_nothing(tmp_path, named: Named, name, message):
+def test_bad_names_fail_clearly_and_change_nothing(
+    tmp_path, named: Named, name, message
+):
     dns = _dns(tmp_path, named.settings())
     with pytest.raises(StepError, match=message):
         dns.deploy(_service("web", "127.0.1.1", "ok.example.test", name))
@@ -140,15 +153,21 @@ def test_wrong_secret_is_reported_as_a_refused_key(tmp_path, named: Named):
 
     settings["tsigKeyName"] = "unknown-key"
     with pytest.raises(StepError, match=r"does not know the TSIG key 'unknown-key'"):
-        _dns(tmp_path, settings).deploy(_service("web", "127.0.1.1", "web.example.test"))
+        _dns(tmp_path, settings).deploy(
+            _service("web", "127.0.1.1", "web.example.test")
+        )
 
 
 def test_unreachable_server_and_missing_ip_fail_clearly(tmp_path, named: Named):
     settings = {**named.settings(), "port": free_udp_and_tcp_port()}
     with pytest.raises(StepError, match=r"cannot reach DNS server 127\.0\.0\.1:\d+"):
-        _dns(tmp_path, settings).deploy(_service("web", "127.0.1.1", "web.example.test"))
+        _dns(tmp_path, settings).deploy(
+            _service("web", "127.0.1.1", "web.example.test")
+        )
     with pytest.raises(StepError, match="no public_ip yet; put an ipam step before"):
-        _dns(tmp_path, named.settings()).deploy(_service("web", None, "web.example.test"))
+        _dns(tmp_path, named.settings()).deploy(
+            _service("web", None, "web.example.test")
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The whole chain through real processes: provider.file, ipam.file, dns.rfc2136, lb.haproxy.
+"""The whole chain as real processes: provider.file, ipam.file, dns.rfc2136, lb.haproxy.
 
 A service written to a file becomes a DNS name in a real BIND that resolves
 to an IP from the pool, and an HTTP request to that name reaches the target
@@ -15,15 +15,14 @@ import dns.resolver
 import pytest
 import yaml
 
-from tests.integration.servers import (  # noqa: F401 - fixtures
-    Haproxy,
-    Named,
-    haproxy,
-    http_get,
-    http_targets,
-    named,
-)
+from tests.integration import servers
+from tests.integration.servers import Haproxy, Named, http_get
 from tests.support import Cluster, free_port, wait_until, write_config
+
+# The server fixtures, made visible to this module's tests.
+named = servers.named
+haproxy = servers.haproxy
+http_targets = servers.http_targets
 
 STEPS = "provider.file,ipam.file,dns.rfc2136,lb.haproxy"
 EXTENSIONS = STEPS.split(",")
@@ -54,7 +53,9 @@ def chain(tmp_path: Path, cluster_factory, named: Named, haproxy: Haproxy):
         STEPS,
         {
             "provider": {"file": {"path": "services", "pollInterval": "100ms"}},
-            "ipam": {"file": {"network_cidr": "127.0.1.0/24", "db_file": "var/ipam.json"}},
+            "ipam": {
+                "file": {"network_cidr": "127.0.1.0/24", "db_file": "var/ipam.json"}
+            },
             "dns": {"rfc2136": named.settings()},
             "lb": {"haproxy": haproxy.settings(http_port)},
         },
@@ -97,7 +98,9 @@ def _refused(ip: str, port: int) -> bool:
     return False
 
 
-def test_add_change_remove_and_bad_definitions(chain, named: Named, haproxy: Haproxy, http_targets):
+def test_add_change_remove_and_bad_definitions(
+    chain, named: Named, haproxy: Haproxy, http_targets
+):
     a, b = http_targets["a"], http_targets["b"]
     _write(chain.services, "web.yml", _service("web", a.port))
     # Accepted by the provider, refused by the DNS step: that entry alone fails.
@@ -129,7 +132,11 @@ def test_add_change_remove_and_bad_definitions(chain, named: Named, haproxy: Hap
             f"services:\n  - {{name: {bad}, targets: [{{host: 127.0.0.1, port: 1}}]}}\n",
             encoding="utf-8",
         )
-        wait_until(lambda r=reason: r in chain.logs(), 10, what=f"the provider to refuse {bad!r}")
+        wait_until(
+            lambda r=reason: r in chain.logs(),
+            10,
+            what=f"the provider to refuse {bad!r}",
+        )
     (chain.services / "late.yml").write_text(
         "services:\n"
         f"  - {{name: late, targets: [{{host: 127.0.0.1, port: {a.port}}}],\n"
@@ -167,7 +174,9 @@ def test_add_change_remove_and_bad_definitions(chain, named: Named, haproxy: Hap
     assert "web" not in json.loads(chain.ipam.read_text())["allocations"]
 
 
-def test_servers_down_during_deploy_then_back(chain, named: Named, haproxy: Haproxy, http_targets):
+def test_servers_down_during_deploy_then_back(
+    chain, named: Named, haproxy: Haproxy, http_targets
+):
     a = http_targets["a"]
     named.stop()
     _write(chain.services, "one.yml", _service("one", a.port))

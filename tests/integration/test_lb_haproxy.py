@@ -11,14 +11,13 @@ import pytest
 from interlook_core.errors import StepError
 from interlook_core.service import Service, Target
 from interlook_ext.lb_haproxy import HaproxyLoadBalancer, HaproxySettings
-from tests.integration.servers import (  # noqa: F401 - fixtures
-    Haproxy,
-    HttpTarget,
-    haproxy,
-    http_get,
-    http_targets,
-)
+from tests.integration import servers
+from tests.integration.servers import Haproxy, HttpTarget, http_get
 from tests.support import free_port, wait_until
+
+# The server fixtures, made visible to this module's tests.
+haproxy = servers.haproxy
+http_targets = servers.http_targets
 
 
 @pytest.fixture
@@ -40,11 +39,15 @@ def make_lb(tmp_path: Path, haproxy: Haproxy):
         lb.close()
 
 
-def _service(name: str, ip: str, *targets: HttpTarget | Target, tls: bool = False) -> Service:
+def _service(
+    name: str, ip: str, *targets: HttpTarget | Target, tls: bool = False
+) -> Service:
     return Service(
         name=name,
         provider="provider.file",
-        targets=tuple(t if isinstance(t, Target) else Target("127.0.0.1", t.port) for t in targets),
+        targets=tuple(
+            t if isinstance(t, Target) else Target("127.0.0.1", t.port) for t in targets
+        ),
         tls=tls,
         dns_names=(f"{name}.example.test",),
         public_ip=ip,
@@ -59,7 +62,9 @@ def _refused(host: str, port: int) -> bool:
     return False
 
 
-def test_deploy_change_and_undeploy_move_traffic(make_lb, haproxy: Haproxy, http_targets):
+def test_deploy_change_and_undeploy_move_traffic(
+    make_lb, haproxy: Haproxy, http_targets
+):
     lb = make_lb()
     a, b = http_targets["a"], http_targets["b"]
 
@@ -101,7 +106,9 @@ MALICIOUS = [
     "bad", MALICIOUS, ids=["newline", "space", "hash", "300-chars", "final-newline"]
 )
 @pytest.mark.parametrize("field", ["name", "dns_name", "host"])
-def test_malicious_values_never_reach_the_file(make_lb, haproxy: Haproxy, http_targets, bad, field):
+def test_malicious_values_never_reach_the_file(
+    make_lb, haproxy: Haproxy, http_targets, bad, field
+):
     lb = make_lb()
     lb.deploy(_service("good", "127.0.1.3", http_targets["a"]))
     before, reloads = haproxy.ours.read_text(), haproxy.reloads()
@@ -138,7 +145,9 @@ def test_a_file_haproxy_refuses_is_not_kept_and_others_still_serve(
 
     # Passes our checks (a valid host name) but HAProxy cannot resolve it.
     bad = _service("unresolvable", "127.0.1.6", Target("no-such-host.invalid", 80))
-    with pytest.raises(StepError, match="HAProxy refused the configuration.*no-such-host"):
+    with pytest.raises(
+        StepError, match="HAProxy refused the configuration.*no-such-host"
+    ):
         lb.deploy(bad)
     assert haproxy.ours.read_text() == before
     assert http_get("127.0.1.5", lb.port) == "a"
@@ -147,7 +156,9 @@ def test_a_file_haproxy_refuses_is_not_kept_and_others_still_serve(
     with socket.socket() as squatter:
         squatter.bind(("127.0.1.7", lb.port))
         squatter.listen()
-        with pytest.raises(StepError, match="refused the new configuration when loading"):
+        with pytest.raises(
+            StepError, match="refused the new configuration when loading"
+        ):
             lb.deploy(_service("squatted", "127.0.1.7", http_targets["b"]))
     assert haproxy.ours.read_text() == before
     assert http_get("127.0.1.5", lb.port) == "a"
@@ -162,7 +173,9 @@ def test_same_address_and_port_twice_is_refused(make_lb, http_targets):
         lb.deploy(_service("second", "127.0.1.9", http_targets["b"]))
 
 
-def test_many_changes_at_once_share_few_reloads(make_lb, haproxy: Haproxy, http_targets):
+def test_many_changes_at_once_share_few_reloads(
+    make_lb, haproxy: Haproxy, http_targets
+):
     lb = make_lb()
     reloads_before = haproxy.reloads()
     served: dict[str, str] = {}
@@ -170,7 +183,9 @@ def test_many_changes_at_once_share_few_reloads(make_lb, haproxy: Haproxy, http_
 
     def deploy(index: int) -> None:
         try:
-            lb.deploy(_service(f"svc{index}", f"127.0.1.{20 + index}", http_targets["a"]))
+            lb.deploy(
+                _service(f"svc{index}", f"127.0.1.{20 + index}", http_targets["a"])
+            )
             # The reply comes after the reload that holds the change.
             served[f"svc{index}"] = http_get(f"127.0.1.{20 + index}", lb.port)
         except BaseException as exc:  # reported by the assertion below
@@ -188,14 +203,18 @@ def test_many_changes_at_once_share_few_reloads(make_lb, haproxy: Haproxy, http_
     assert 1 <= reloads <= 4, f"{reloads} reloads for 12 changes"
 
 
-def test_haproxy_down_fails_the_step_and_a_retry_loads_it(make_lb, haproxy: Haproxy, http_targets):
+def test_haproxy_down_fails_the_step_and_a_retry_loads_it(
+    make_lb, haproxy: Haproxy, http_targets
+):
     lb = make_lb()
     lb.deploy(_service("one", "127.0.1.40", http_targets["a"]))
     haproxy.kill_worker()
 
     with pytest.raises(StepError, match="cannot reach HAProxy's master socket"):
         lb.deploy(_service("two", "127.0.1.41", http_targets["b"]))
-    assert "il-fe-two" in haproxy.ours.read_text(), "the checked file stays for the next start"
+    assert "il-fe-two" in haproxy.ours.read_text(), (
+        "the checked file stays for the next start"
+    )
 
     haproxy.start()
     lb.deploy(_service("two", "127.0.1.41", http_targets["b"]))
@@ -203,7 +222,9 @@ def test_haproxy_down_fails_the_step_and_a_retry_loads_it(make_lb, haproxy: Hapr
     assert http_get("127.0.1.40", lb.port) == "a"
 
 
-def test_state_file_rebuilds_the_file_in_a_new_process(make_lb, haproxy: Haproxy, http_targets):
+def test_state_file_rebuilds_the_file_in_a_new_process(
+    make_lb, haproxy: Haproxy, http_targets
+):
     lb = make_lb()
     lb.deploy(_service("kept", "127.0.1.50", http_targets["a"]))
     lb.close()
