@@ -88,7 +88,8 @@ class Core:
     def open(self) -> None:
         """Load the entries and bind the socket. Raises StoreError, zmq.ZMQError."""
         self.store = open_entry_store(
-            self.config.core.workflowEntriesFile, sync=self.config.core.workflowEntriesSync
+            self.config.core.workflowEntriesFile,
+            sync=self.config.core.workflowEntriesSync,
         )
         entries = self.store.load()
         steps = ",".join(self.workflow.steps)
@@ -139,7 +140,9 @@ class Core:
     def close(self) -> None:
         if self._socket is not None:
             for routing_id in list(self.instances.by_id):
-                self._send(routing_id, protocol.DISCONNECT, {"reason": "core shutting down"})
+                self._send(
+                    routing_id, protocol.DISCONNECT, {"reason": "core shutting down"}
+                )
             if self._loop is not None:
                 self._loop.remove_reader(self._socket.FD)
             self._socket.close(linger=0)
@@ -166,11 +169,17 @@ class Core:
             self._dispatch(self.workflow.request_for(entry))
         self._after_changes(all_entries=True)
         timers = [
-            asyncio.create_task(self._every(self.config.core.checkFlowInterval, self._flow_tick)),
             asyncio.create_task(
-                self._every(self.config.core.workflowHousekeeperInterval, self._housekeep)
+                self._every(self.config.core.checkFlowInterval, self._flow_tick)
             ),
-            asyncio.create_task(self._every(self.config.core.heartbeatInterval, self._heartbeat)),
+            asyncio.create_task(
+                self._every(
+                    self.config.core.workflowHousekeeperInterval, self._housekeep
+                )
+            ),
+            asyncio.create_task(
+                self._every(self.config.core.heartbeatInterval, self._heartbeat)
+            ),
         ]
         self._schedule_pump()
         try:
@@ -222,15 +231,13 @@ class Core:
                     self._receive(frames)
             except Exception:
                 # A bug met by one message must not stop the bus for all.
-                self.log.error("HANDLER_FAILED peer=%s", bytes(frames[0]).hex(), exc_info=True)
+                self.log.error(
+                    "HANDLER_FAILED peer=%s", bytes(frames[0]).hex(), exc_info=True
+                )
         try:
             self._after_changes()
         except StoreError:
             return
-        # The socket's file descriptor is edge-triggered: check again, or a
-        # message that arrived during the sends above would wait forever.
-        if self._socket is not None and self._socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._schedule_pump()
 
     def _send(self, routing_id: bytes, command: bytes, body: dict[str, Any]) -> bool:
         """Send without blocking; False when the peer is gone or full."""
@@ -259,7 +266,9 @@ class Core:
         routing_id, body_frames = frames[0], frames[1:]
         instance = self.instances.by_id.get(routing_id)
         if self._authorized is not None and not user_id:
-            self.log.warning("DROPPED peer=%s reason=no authenticated key", routing_id.hex())
+            self.log.warning(
+                "DROPPED peer=%s reason=no authenticated key", routing_id.hex()
+            )
             return
         try:
             message = protocol.decode(body_frames)
@@ -295,7 +304,10 @@ class Core:
             pass
         elif command == protocol.RESULT:
             self._on_result(instance, message.body, now)
-        elif command in (protocol.EVENT, protocol.SNAPSHOT) and instance.role == "provider":
+        elif (
+            command in (protocol.EVENT, protocol.SNAPSHOT)
+            and instance.role == "provider"
+        ):
             if command == protocol.EVENT:
                 self._on_event(instance, message.body, now)
             else:
@@ -304,7 +316,9 @@ class Core:
             reason = message.body.get("reason", "no reason given")
             self._drop(routing_id, f"disconnected: {reason}")
         else:
-            self._refuse(routing_id, f"{command.decode()} is not valid from a {instance.role}")
+            self._refuse(
+                routing_id, f"{command.decode()} is not valid from a {instance.role}"
+            )
 
     def _refuse(self, routing_id: bytes, reason: str) -> None:
         """Tell a peer to start over, and forget it."""
@@ -316,7 +330,11 @@ class Core:
         self._send(routing_id, protocol.DISCONNECT, {"reason": reason})
 
     def _on_register(
-        self, routing_id: bytes, existing: Instance | None, body: dict[str, Any], now: float
+        self,
+        routing_id: bytes,
+        existing: Instance | None,
+        body: dict[str, Any],
+        now: float,
     ) -> None:
         name, role = body["name"], body["role"]
         if existing is not None:
@@ -324,13 +342,20 @@ class Core:
             return
         steps = self.workflow.steps
         if name not in steps:
-            self._refuse(routing_id, f"{name!r} is not a step of this workflow ({','.join(steps)})")
+            self._refuse(
+                routing_id,
+                f"{name!r} is not a step of this workflow ({','.join(steps)})",
+            )
             return
         expected_role = "provider" if name == self.workflow.provider else "provisioner"
         if role != expected_role:
-            self._refuse(routing_id, f"{name} must register as a {expected_role}, not a {role}")
+            self._refuse(
+                routing_id, f"{name} must register as a {expected_role}, not a {role}"
+            )
             return
-        heartbeat = body.get("heartbeat_ms", round(self.config.core.heartbeatInterval * 1000))
+        heartbeat = body.get(
+            "heartbeat_ms", round(self.config.core.heartbeatInterval * 1000)
+        )
         instance = Instance(
             routing_id=routing_id,
             name=name,
@@ -399,7 +424,9 @@ class Core:
         problem = _check_changes(instance.name, changes) if ok else None
         if problem:
             ok, error, changes = False, f"invalid reply from extension: {problem}", None
-        entry = self.workflow.apply_result(request_id, ok, error, changes, now, instance.name)
+        entry = self.workflow.apply_result(
+            request_id, ok, error, changes, now, instance.name
+        )
         if entry is not None and ok and action == "undeploy":
             # An undeploy may have freed what an entry in error was waiting for.
             self._undone_steps.add(instance.name)
@@ -426,7 +453,9 @@ class Core:
                 return
             self.workflow.remove(name, now)
 
-    def _on_snapshot(self, instance: Instance, body: dict[str, Any], now: float) -> None:
+    def _on_snapshot(
+        self, instance: Instance, body: dict[str, Any], now: float
+    ) -> None:
         services, unreadable = [], []
         for raw in body["services"]:
             service = self._service(instance, raw)
@@ -435,7 +464,11 @@ class Core:
             elif isinstance(raw, dict) and isinstance(raw.get("name"), str):
                 # A bad definition is not an absent service: keep what it had.
                 unreadable.append(raw["name"])
-        kept = [self.workflow.entries[n].service for n in unreadable if n in self.workflow.entries]
+        kept = [
+            self.workflow.entries[n].service
+            for n in unreadable
+            if n in self.workflow.entries
+        ]
         gone = self.workflow.snapshot(instance.name, services + kept, now)
         self.log.info(
             "SNAPSHOT provider=%s services=%d undeploying=%d",
@@ -462,6 +495,11 @@ class Core:
         freed, self._freed_steps = self._freed_steps, set()
         for step in freed:
             self._pump_queue(step)
+        # Sends can consume the socket descriptor's edge for messages that
+        # arrived meanwhile (it is edge-triggered): look for them now.
+        socket = self._socket
+        if socket is not None and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._schedule_pump()
 
     def _commit(self) -> None:
         changed, removed = self.workflow.take_changes()
@@ -563,7 +601,9 @@ class Core:
         for start in range(0, len(names), REFRESH_CHUNK):
             chunk = names[start : start + REFRESH_CHUNK]
             self._send(provider.routing_id, protocol.REFRESH, {"names": chunk})
-        self.log.info("REFRESH_ASKED provider=%s services=%d", provider.name, len(names))
+        self.log.info(
+            "REFRESH_ASKED provider=%s services=%d", provider.name, len(names)
+        )
 
     def _heartbeat(self) -> None:
         # Heartbeats already in the socket count: read them before judging,
@@ -571,8 +611,14 @@ class Core:
         self._pump()
         now = time.time()
         for instance in self.instances.silent(now, LIVENESS_FACTOR):
-            self._send(instance.routing_id, protocol.DISCONNECT, {"reason": "heartbeat timeout"})
-            self._drop(instance.routing_id, f"silent for {now - instance.last_heard:.1f}s")
+            self._send(
+                instance.routing_id,
+                protocol.DISCONNECT,
+                {"reason": "heartbeat timeout"},
+            )
+            self._drop(
+                instance.routing_id, f"silent for {now - instance.last_heard:.1f}s"
+            )
         for routing_id in list(self.instances.by_id):
             self._send(routing_id, protocol.HEARTBEAT, {})
         self._after_changes()
