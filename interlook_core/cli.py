@@ -34,7 +34,7 @@ log = logging.getLogger("interlook_core.cli")
 EXIT_BAD_CONFIG = 2
 
 
-def _load(path: str) -> Config:
+def _load(path: str, every_step: bool = True) -> Config:
     from interlook_ext.registry import installed_extensions, load_extension_class
 
     config = load_config(path, known_steps=installed_extensions())
@@ -44,7 +44,9 @@ def _load(path: str) -> Config:
         for name in section:
             step = f"{kind}.{name}"
             validate_section(config, step, load_extension_class(step).settings_model)
-    for step in config.core.workflowSteps:
+    # An extension host's file may hold only the sections of what it runs;
+    # the core's file must hold every step's.
+    for step in config.core.workflowSteps if every_step else ():
         validate_section(config, step, load_extension_class(step).settings_model)
     return config
 
@@ -134,7 +136,7 @@ async def _serve_extension(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_ext(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, every_step=False)
     setup_logging(config.core.logLevel, config.core.logFile, prefix=f"[{args.name}] ")
     return asyncio.run(_serve_extension(args, config))
 

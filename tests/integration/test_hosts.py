@@ -91,12 +91,12 @@ class Group:
         }
         self._write("core.yml", {"core": core, **extensions, **self._client("local")})
         # An extension host has no core key: a bare core section, its own key,
-        # and --endpoint on the command line.
+        # the sections of what it runs only, and --endpoint on the command line.
         bare = {"workflowSteps": STEPS, "heartbeatInterval": core["heartbeatInterval"]}
-        for host in ("host1", "host2", "stranger", "dns-host"):
-            self._write(
-                f"{host}.yml", {"core": bare, **extensions, **self._client(host)}
-            )
+        for host in ("host1", "host2", "stranger"):
+            self._write(f"{host}.yml", {"core": bare, **self._client(host)})
+        ipam = {"ipam": extensions["ipam"]}
+        self._write("dns-host.yml", {"core": bare, **ipam, **self._client("dns-host")})
 
     def _client(self, key: str) -> dict[str, Any]:
         return {
