@@ -50,7 +50,7 @@ import dns.rdatatype
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from interlook_core.config import ConfigPath, Duration, ExtensionSettings
 from interlook_core.errors import ConfigError, StepError
@@ -84,8 +84,15 @@ class Rfc2136Settings(ExtensionSettings):
     tsigSecretFile: ConfigPath | None = None
     tsigAlgorithm: _ALGORITHMS = "hmac-sha256"
     ttl: int = Field(60, ge=0, le=2_147_483_647)
-    timeout: Duration = Field(5.0, gt=0, le=300)
+    timeout: Duration = Field("5s", gt=0, le=300)
     stateFile: ConfigPath = "./var/dns-rfc2136.json"
+
+    @field_validator("tsigSecretFile")
+    @classmethod
+    def _readable_secret(cls, path: str | None) -> str | None:
+        if path is not None:
+            read_secret_file(path)
+        return path
 
     @model_validator(mode="after")
     def _check(self) -> Rfc2136Settings:
@@ -122,20 +129,15 @@ def read_secret_file(path: str) -> str:
     """The base64 secret in ``path``: a bare secret, or a BIND key file.
 
     Raises:
-        ConfigError: the file cannot be read or holds no usable secret.
+        ValueError: the file cannot be read or holds no usable secret.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"dns.rfc2136: cannot read tsigSecretFile {path}: {exc}"
-        ) from exc
+        raise ValueError(f"cannot read {path}: {exc}") from None
     found = _KEY_FILE_SECRET.search(text)
     secret = found.group(1) if found else text.strip()
-    try:
-        return _check_secret(secret, f"tsigSecretFile {path}")
-    except ValueError as exc:
-        raise ConfigError(f"dns.rfc2136: {exc}") from None
+    return _check_secret(secret, f"{path}")
 
 
 @dataclass
@@ -193,7 +195,10 @@ class Rfc2136Dns(Provisioner):
         if settings.tsigKeyName:
             secret = settings.tsigSecret
             if secret is None:
-                secret = read_secret_file(str(settings.tsigSecretFile))
+                try:
+                    secret = read_secret_file(str(settings.tsigSecretFile))
+                except ValueError as exc:
+                    raise ConfigError(f"dns.rfc2136: tsigSecretFile: {exc}") from None
             self._keyname = dns.name.from_text(settings.tsigKeyName)
             self._keyring = {
                 self._keyname: dns.tsig.Key(

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from interlook_core.config import ConfigPath, Duration, ExtensionSettings
 from interlook_core.errors import ConfigError, StepError
@@ -68,9 +68,16 @@ class HaproxySettings(ExtensionSettings):
     httpsPort: int = Field(443, ge=1, le=65535)
     mode: Literal["http", "tcp"] = "http"
     healthCheck: bool = True
-    healthCheckInterval: Duration = Field(2.0, ge=0.1, le=3600)
+    healthCheckInterval: Duration = Field("2s", ge=0.1, le=3600)
     stateFile: ConfigPath = "./var/lb-haproxy.json"
-    timeout: Duration = Field(15.0, gt=0, le=600)
+    timeout: Duration = Field("15s", gt=0, le=600)
+
+    @field_validator("mainConfigFile")
+    @classmethod
+    def _main_exists(cls, path: str) -> str:
+        if not Path(path).is_file():
+            raise ValueError(f"{path} is not a file (HAProxy's main configuration)")
+        return path
 
 
 class ReloadFailed(Exception):

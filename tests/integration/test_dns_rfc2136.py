@@ -179,6 +179,8 @@ def test_unreachable_server_and_missing_ip_fail_clearly(tmp_path, named: Named):
         ({"ttl": -1}, "greater than or equal to 0"),
         ({"tsigAlgorithm": "md4"}, "hmac-sha256"),
         ({"server": "not a host"}, "not an IP address or host name"),
+        ({"tsigSecretFile": "/nonexistent/key"}, "cannot read /nonexistent/key"),
+        ({"timeout": 5}, "not a duration; write it with a unit"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, named: Named, change, message):

@@ -6,6 +6,7 @@ import socket
 import threading
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from interlook_core.errors import StepError
@@ -235,3 +236,27 @@ def test_state_file_rebuilds_the_file_in_a_new_process(
     text = haproxy.ours.read_text()
     assert "il-fe-kept" in text and "il-fe-other" in text
     assert http_get("127.0.1.50", lb.port) == "a"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mode": "udp"}, "'http' or 'tcp'"),
+        ({"mainConfigFile": "/nonexistent.cfg"}, "/nonexistent.cfg is not a file"),
+        ({"httpPort": 0}, "greater than or equal to 1"),
+        ({"timeout": 15}, "not a duration; write it with a unit"),
+        ({"configFile": None}, "configFile"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path, change, message):
+    main = tmp_path / "haproxy.cfg"
+    main.write_text("global\n", encoding="utf-8")
+    settings = {
+        "configFile": "interlook.cfg",
+        "mainConfigFile": str(main),
+        "masterSocket": "/run/master.sock",
+        **change,
+    }
+    with pytest.raises(pydantic.ValidationError, match=message):
+        HaproxySettings.model_validate(settings, context={"base_dir": tmp_path})
