@@ -314,11 +314,13 @@ class HttpTarget:
         _stop(self.process)
 
 
+# Straight to the address: an http_proxy in the environment must not be used.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(host: str, port: int, path: str = "/", timeout: float = 3.0) -> str:
     """The body of ``GET http://host:port/path``; raises OSError when it fails."""
-    with urllib.request.urlopen(
-        f"http://{host}:{port}{path}", timeout=timeout
-    ) as response:
+    with _DIRECT.open(f"http://{host}:{port}{path}", timeout=timeout) as response:
         return response.read().decode()
 
 
