@@ -392,14 +392,23 @@ class HaproxyLoadBalancer(Provisioner):
         problem = self._check(text)
         if problem is not None:
             if len(batch) > 1:
-                # Find the change HAProxy refuses: each is checked on its own.
+                # Find the changes HAProxy refuses by checking each on its own;
+                # the others still share one reload.
+                good = []
                 for change in batch:
-                    self._apply([change])
+                    alone = self._check(self._text(self._merged([change])))
+                    if alone is None:
+                        good.append(change)
+                    else:
+                        self._refuse(change, alone)
+                if len(good) == len(batch):
+                    # Each is fine alone but not all together: one at a time.
+                    for change in batch:
+                        self._apply([change])
+                elif good:
+                    self._apply(good)
                 return
-            log.warning("CONFIG_REFUSED service=%s reason=%s", batch[0].name, problem)
-            batch[0].finish(
-                f"HAProxy refused the configuration for this service: {problem}"
-            )
+            self._refuse(batch[0], problem)
             return
 
         previous_records, previous_text = self._records, self._text(self._records)
@@ -441,6 +450,11 @@ class HaproxyLoadBalancer(Provisioner):
                 self.reloads,
             )
             change.finish()
+
+    @staticmethod
+    def _refuse(change: _Change, problem: str) -> None:
+        log.warning("CONFIG_REFUSED service=%s reason=%s", change.name, problem)
+        change.finish(f"HAProxy refused the configuration for this service: {problem}")
 
     def _reload(self) -> None:
         started = time.monotonic()
