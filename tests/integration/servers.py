@@ -318,10 +318,32 @@ class HttpTarget:
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def http_get(host: str, port: int, path: str = "/", timeout: float = 3.0) -> str:
-    """The body of ``GET http://host:port/path``; raises OSError when it fails."""
-    with _DIRECT.open(f"http://{host}:{port}{path}", timeout=timeout) as response:
+def http_get(
+    host: str,
+    port: int,
+    path: str = "/",
+    timeout: float = 3.0,
+    host_header: str | None = None,
+) -> str:
+    """The body of ``GET http://host:port/path``; raises OSError when it fails.
+
+    ``host_header`` sends that name as ``Host``, as a browser that resolved
+    the name to ``host`` would.
+    """
+    request = urllib.request.Request(f"http://{host}:{port}{path}")
+    if host_header is not None:
+        request.add_header("Host", host_header)
+    with _DIRECT.open(request, timeout=timeout) as response:
         return response.read().decode()
+
+
+def refused(host: str, port: int) -> bool:
+    """Whether a TCP connection to ``host:port`` is refused (nothing listens there)."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 @pytest.fixture

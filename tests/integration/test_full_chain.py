@@ -8,7 +8,6 @@ through a real HAProxy.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import dns.resolver
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from tests.integration import servers
-from tests.integration.servers import Haproxy, Named, http_get
+from tests.integration.servers import Haproxy, Named, http_get, refused
 from tests.support import Cluster, free_port, wait_until, write_config
 
 # The server fixtures, made visible to this module's tests.
@@ -90,14 +89,6 @@ def _get_by_name(named: Named, name: str, port: int) -> str:
     return http_get(ip, port)
 
 
-def _refused(ip: str, port: int) -> bool:
-    try:
-        socket.create_connection((ip, port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
 def test_add_change_remove_and_bad_definitions(
     chain, named: Named, haproxy: Haproxy, http_targets
 ):
@@ -169,7 +160,7 @@ def test_add_change_remove_and_bad_definitions(
     chain.api.wait_state("web", "undeployed", timeout=30)
     assert named.dig("web.example.test") == []
     assert named.records("web.example.test", "TXT") == []
-    assert _refused(ip, chain.http_port)
+    assert refused(ip, chain.http_port)
     assert "il-fe-web" not in haproxy.ours.read_text()
     assert "web" not in json.loads(chain.ipam.read_text())["allocations"]
 
