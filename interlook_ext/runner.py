@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import socket as socketlib
 import threading
@@ -179,8 +180,12 @@ class ExtensionRunner:
         self._registered = False
         self._last_heard = time.monotonic()
         last_beat = 0.0
+        # One REGISTER per connection until the core answers: a second one on
+        # the same connection would be refused as a double registration. A
+        # core that never answers ends the session (liveness) and the next
+        # connection registers afresh.
         self._register()
-        self._register_due = self._last_heard + self.heartbeat
+        self._register_due = math.inf
         try:
             while not stop.is_set():
                 self._drain(socket)
@@ -190,9 +195,7 @@ class ExtensionRunner:
                     last_beat = now
                 if not self._registered and now >= self._register_due:
                     self._register()
-                    self._register_due = now + max(
-                        self.heartbeat, self._refusal_delay()
-                    )
+                    self._register_due = math.inf
                 silent = now - self._last_heard
                 if silent > self._core_heartbeat * LIVENESS_FACTOR:
                     self.log.warning(
