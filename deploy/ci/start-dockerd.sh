@@ -134,7 +134,7 @@ init_swarm() {
         return
     fi
     say "initialising a single-node swarm (state was: $state)"
-    if ! out=$(dk swarm init --advertise-addr 127.0.0.1 2>&1); then
+    if ! out=$(dk swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 2>&1); then
         if grep -q "already part of a swarm" <<<"$out"; then
             say "engine is already part of a swarm"
             return
