@@ -29,10 +29,8 @@ import binascii
 import ipaddress
 import json
 import logging
-import os
 import re
 import socket
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +53,7 @@ from pydantic import Field, field_validator, model_validator
 from interlook_core.config import ConfigPath, Duration, ExtensionSettings
 from interlook_core.errors import ConfigError, StepError
 from interlook_core.service import Service, is_valid_hostname, is_valid_service_name
+from interlook_ext.atomic_file import write_atomically
 from interlook_ext.base import Provisioner
 
 __all__ = ["Rfc2136Dns", "Rfc2136Settings"]
@@ -154,25 +153,6 @@ class _PrerequisiteFailed(Exception):
     """The name changed between the read and the update."""
 
 
-def _atomic_write(path: Path, payload: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 class Rfc2136Dns(Provisioner):
     """Keeps an A/AAAA record per DNS name of a service, marked as its own.
 
@@ -247,7 +227,7 @@ class Rfc2136Dns(Provisioner):
                 {"version": 1, "services": state}, indent=1, sort_keys=True
             )
             try:
-                _atomic_write(self.state_file, payload)
+                write_atomically(self.state_file, payload)
             except OSError as exc:
                 raise StepError(
                     f"cannot write stateFile {self.state_file}: {exc}"

@@ -14,8 +14,6 @@ import fcntl
 import ipaddress
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from pydantic import model_validator
 from interlook_core.config import ConfigPath, ExtensionSettings
 from interlook_core.errors import ConfigError, StepError
 from interlook_core.service import Service
+from interlook_ext.atomic_file import write_atomically
 from interlook_ext.base import Provisioner
 
 __all__ = ["FileIpam", "FileIpamSettings"]
@@ -123,25 +122,10 @@ class FileIpam(Provisioner):
         return dict(allocations)
 
     def _save(self, allocations: dict[str, str]) -> None:
-        self.db_file.parent.mkdir(parents=True, exist_ok=True)
         payload = json.dumps(
             {"version": 1, "allocations": allocations}, indent=1, sort_keys=True
         )
-        handle, temp = tempfile.mkstemp(prefix=".ipam-", dir=self.db_file.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(payload)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temp, self.db_file)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        directory = os.open(self.db_file.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(self.db_file, payload, mode=0o644)
 
     def _in_pool(self, ip: str) -> bool:
         address = ipaddress.ip_address(ip)

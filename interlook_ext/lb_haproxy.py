@@ -42,6 +42,7 @@ from pydantic import Field, field_validator
 from interlook_core.config import ConfigPath, Duration, ExtensionSettings
 from interlook_core.errors import ConfigError, StepError
 from interlook_core.service import Service
+from interlook_ext.atomic_file import write_atomically
 from interlook_ext.base import Provisioner
 from interlook_ext.haproxy_config import (
     BadDefinition,
@@ -175,22 +176,6 @@ class _Change:
         self.done.set()
 
 
-def _atomic_write(path: Path, payload: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        # mkstemp makes 0600; HAProxy's file is read by its own processes too.
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 class HaproxyLoadBalancer(Provisioner):
     """Publishes each service on ``public_ip:httpPort`` (``httpsPort`` with tls).
 
@@ -261,7 +246,7 @@ class HaproxyLoadBalancer(Provisioner):
             {"version": 1, "services": [records[n].to_json() for n in sorted(records)]},
             indent=1,
         )
-        _atomic_write(self.state_file, payload)
+        write_atomically(self.state_file, payload)
 
     def _read_file(self) -> str | None:
         try:
@@ -414,7 +399,7 @@ class HaproxyLoadBalancer(Provisioner):
         previous_records, previous_text = self._records, self._text(self._records)
         try:
             self._save_state(records)
-            _atomic_write(self.config_file, text)
+            write_atomically(self.config_file, text, mode=0o644)
         except OSError as exc:
             for change in batch:
                 change.finish(
@@ -471,7 +456,7 @@ class HaproxyLoadBalancer(Provisioner):
     def _restore(self, records: dict[str, LbRecord], text: str) -> None:
         try:
             self._save_state(records)
-            _atomic_write(self.config_file, text)
+            write_atomically(self.config_file, text, mode=0o644)
             self._records = records
             self._reload()
         except (OSError, ReloadFailed) as exc:

@@ -79,7 +79,7 @@ def test_allocations_survive_a_new_process_and_the_file_is_json(tmp_path):
     assert ipam(tmp_path, network_cidr="10.0.0.0/24").deploy(svc("b")) == {
         "public_ip": "10.0.0.2"
     }
-    assert not list(tmp_path.glob(".ipam-*")), "no temporary file is left behind"
+    assert not list(tmp_path.glob(".ipam.json-*")), "no temporary file is left behind"
 
 
 def test_after_a_lost_file_the_ip_the_core_remembers_is_kept(tmp_path):
