@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +95,15 @@ def write_config(
 class Process:
     """An ``interlook`` subcommand running as a real process, output in a log file."""
 
-    def __init__(self, args: list[str], log_path: Path, cwd: Path) -> None:
+    def __init__(
+        self, args: list[str], log_path: Path, cwd: Path, prefix: Sequence[str] = ()
+    ) -> None:
+        """Start ``interlook ARGS``, after ``prefix`` (e.g. ``ip netns exec NS``)."""
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "interlook_core.cli", *args],
+            [*prefix, sys.executable, "-m", "interlook_core.cli", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
@@ -123,6 +126,8 @@ class Process:
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.popen.poll() is None:
             try:
+                # A frozen (SIGSTOP) process would never act on SIGTERM.
+                os.killpg(self.popen.pid, signal.SIGCONT)
                 os.killpg(self.popen.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass

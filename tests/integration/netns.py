@@ -13,15 +13,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.support import IN_CI
+from tests.support import IN_CI, Process
 
 __all__ = ["Hosts", "NsProcess", "open_hosts"]
 
@@ -134,54 +132,15 @@ def open_hosts(hosts: int = 2) -> Hosts:
     pytest.skip(problem)
 
 
-class NsProcess:
+class NsProcess(Process):
     """An ``interlook`` subcommand run inside a namespace, output in a log file."""
 
     def __init__(
         self, namespace: str, args: list[str], log_path: Path, cwd: Path
     ) -> None:
         self.namespace = namespace
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         # ip netns exec execs the command: the pid is interlook's own.
-        self.popen = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                namespace,
-                sys.executable,
-                "-m",
-                "interlook_core.cli",
-                *args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+        super().__init__(args, log_path, cwd, prefix=("ip", "netns", "exec", namespace))
 
     def signal(self, signum: int) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, signum)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.popen.poll() is None:
-            # A frozen process would never act on SIGTERM.
-            os.killpg(self.popen.pid, signal.SIGCONT)
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
-        self._log.close()
-        return self.popen.returncode
+        self.kill(signum)
