@@ -129,8 +129,9 @@ def test_raw_extension_registers_again_with_a_restarted_core(bus):
     cluster.api.wait_state("web", "deployed")
     old_core = next(p for p in cluster.processes if p.args[0] == "core")
 
-    # A stopping core tells every instance DISCONNECT; the example answers
-    # with REGISTER and keeps trying until the new core welcomes it.
+    # A stopping core tells every instance DISCONNECT; the example registers
+    # again after a short pause, and on a new connection when the core stays
+    # silent, until the new core welcomes it.
     old_core.stop()
     cluster.core()
     wait_until(
