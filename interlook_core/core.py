@@ -102,6 +102,9 @@ class Core:
                 steps,
             )
         self.workflow.load(entries, workflow_changed=changed)
+        # The reset entries are on disk before the new workflow is recorded,
+        # so a crash in between resets them again at the next start.
+        self._commit()
         self.store.set_meta("workflowSteps", steps)
         for entry in self.workflow.in_progress():
             entry.sent_time = None
@@ -421,9 +424,10 @@ class Core:
         pending = self.workflow.pending.get(request_id)
         action = self.workflow.entries[pending].wip_action if pending else None
         ok, error, changes = body["ok"], body.get("error"), body.get("changes")
-        problem = _check_changes(instance.name, changes) if ok else None
-        if problem:
-            ok, error, changes = False, f"invalid reply from extension: {problem}", None
+        if ok:
+            problem, changes = _check_changes(instance.name, changes)
+            if problem:
+                ok, error = False, f"invalid reply from extension: {problem}"
         entry = self.workflow.apply_result(
             request_id, ok, error, changes, now, instance.name
         )
@@ -634,17 +638,22 @@ class Core:
         }
 
 
-def _check_changes(step: str, changes: Any) -> str | None:
-    """What is wrong with a step's ``changes``, for the fields that step may set."""
+def _check_changes(step: str, changes: Any) -> tuple[str | None, Any]:
+    """Check a step's ``changes`` for the fields that step may set.
+
+    Returns:
+        What is wrong (or None), and the changes with ``public_ip`` in its
+        canonical spelling.
+    """
     if not changes or "public_ip" not in changes or not step.startswith("ipam."):
-        return None
+        return None, changes
     value = changes["public_ip"]
     if value is None:
-        return None
+        return None, changes
     if not isinstance(value, str):
-        return f"public_ip must be a string or nil, not {type(value).__name__}"
+        return f"public_ip must be a string or nil, not {type(value).__name__}", None
     try:
-        ipaddress.ip_address(value)
+        canonical = str(ipaddress.ip_address(value))
     except ValueError:
-        return f"public_ip {value[:64]!r} is not an IP address"
-    return None
+        return f"public_ip {value[:64]!r} is not an IP address", None
+    return None, {**changes, "public_ip": canonical}

@@ -145,14 +145,16 @@ class Workflow:
             if entry.work_in_progress and entry.wip_step not in self._index:
                 entry.clear_wip()
             entry.reach = min(entry.reach, last)
-            if (
-                workflow_changed
-                and entry.expected_state == DEPLOYED
-                and entry.state != UNDEPLOYED
-                and not entry.work_in_progress
-            ):
-                entry.state = self.provider
+            if workflow_changed and entry.state != UNDEPLOYED:
+                # Positions in the old step list mean nothing in the new one.
+                # Drop the step in progress (its late reply is ignored), undo
+                # from the last step (undoing a step never done is harmless)
+                # and redo every step for a service that stays deployed.
+                entry.clear_wip()
                 entry.reach = last
+                entry.generation += 1
+                if entry.expected_state == DEPLOYED:
+                    entry.state = self.provider
             self.entries[entry.name] = entry
             if entry.error and entry.next_retry is not None:
                 self._failed_at[entry.name] = entry.error.split(" ", 1)[0]

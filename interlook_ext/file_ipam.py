@@ -157,8 +157,14 @@ class FileIpam(Provisioner):
         cycles apart, and the reload sees what the others wrote.
         """
         with self._lock:
-            self.db_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(f"{self.db_file}.lock", "a+") as lock:
+            try:
+                self.db_file.parent.mkdir(parents=True, exist_ok=True)
+                lock = open(f"{self.db_file}.lock", "a+")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                raise StepError(
+                    f"cannot open the lock file of {self.db_file}: {exc}"
+                ) from exc
+            with lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
                     try:

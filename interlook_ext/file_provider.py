@@ -124,13 +124,19 @@ class FileProvider(Provider):
                 self._by_file[path] = services
                 changed = True
                 log.info("READ file=%s services=%d", path, len(services))
-        # A file removed from the folder takes its services with it.
-        for path in list(self._by_file):
-            if self.path.is_dir() and path not in files:
-                del self._by_file[path]
-                self._stamps.pop(path, None)
-                log.info("REMOVED_FILE file=%s", path)
-                changed = True
+        # A file removed from the folder takes its services with it, and a
+        # broken file removed before it was ever read is no longer unknown.
+        if self.path.is_dir():
+            for path in list(self._reported_errors):
+                if path not in files:
+                    del self._reported_errors[path]
+                    changed = True
+            for path in list(self._by_file):
+                if path not in files:
+                    del self._by_file[path]
+                    self._stamps.pop(path, None)
+                    log.info("REMOVED_FILE file=%s", path)
+                    changed = True
         return changed
 
     def _report(self, path: Path, message: str) -> None:
@@ -159,7 +165,9 @@ class FileProvider(Provider):
         if data is None:
             # An editor may truncate a file before writing it: an empty file
             # is taken for a file being written, not for "no services".
-            raise _BadFile("line 1: the file is empty; write 'services: []' for no services")
+            raise _BadFile(
+                "line 1: the file is empty; write 'services: []' for no services"
+            )
         if not isinstance(data, dict) or set(data) - {"services"}:
             raise _BadFile("line 1: the file must be a map with one key, services")
         raw_services = data.get("services") or []

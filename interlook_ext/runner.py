@@ -48,6 +48,19 @@ _LAST = int(zmq.NOBLOCK)
 MAX_ERROR_TEXT = 1000
 
 
+def _unsendable(changes: Any) -> str | None:
+    """Why a step handler's return value cannot go into a RESULT, or None."""
+    if changes is None:
+        return None
+    if not isinstance(changes, dict):
+        return f"{type(changes).__name__}, not a map of changes"
+    try:
+        msgpack.packb(changes)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return f"changes that cannot be encoded ({exc})"
+    return None
+
+
 class _LoopFeed(ServiceFeed):
     """Hands a provider thread's reports to the runner's loop."""
 
@@ -196,8 +209,14 @@ class ExtensionRunner:
                 if not self._registered and now >= self._register_due:
                     self._register()
                     self._register_due = math.inf
+                    # The core's answer is due from now on.
+                    self._last_heard = now
                 silent = now - self._last_heard
-                if silent > self._core_heartbeat * LIVENESS_FACTOR:
+                waiting_to_register = self._register_due != math.inf
+                if (
+                    not waiting_to_register
+                    and silent > self._core_heartbeat * LIVENESS_FACTOR
+                ):
                     self.log.warning(
                         "LOST_CORE endpoint=%s silent_for=%.1fs", self.endpoint, silent
                     )
@@ -352,6 +371,9 @@ class ExtensionRunner:
             else:
                 loop = asyncio.get_running_loop()
                 changes = await loop.run_in_executor(self._pool, handler, service)
+            problem = _unsendable(changes)
+            if problem:
+                raise StepError(f"the extension returned {problem}")
         except (StepError, ServiceDefinitionError) as exc:
             error = str(exc)
         except Exception as exc:

@@ -133,3 +133,17 @@ def test_lookup_cannot_answer_for_a_file_never_read(tmp_path):
         "provider.file", FileProviderSettings(path=str(tmp_path / "absent.yml"))
     )
     assert provider.lookup(["web"]) is None
+
+
+def test_a_broken_file_removed_before_it_was_read_no_longer_blocks(tmp_path):
+    (tmp_path / "a.yml").write_text(GOOD)
+    (tmp_path / "b.yml").write_text("services: [oops\n")
+    feed, thread = watching(tmp_path)
+    try:
+        time.sleep(0.3)
+        assert feed.snapshots == []
+        (tmp_path / "b.yml").unlink()
+        wait_until(lambda: feed.snapshots and set(feed.snapshots[-1]) == {"web"}, 5)
+    finally:
+        feed.stopping.set()
+        thread.join(5)

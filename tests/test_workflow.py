@@ -309,11 +309,47 @@ def test_a_longer_workflow_runs_the_new_step_for_deployed_entries():
     short.upsert(service(), 0)
     run_to_end(short, "web")
     longer = make()
-    longer.load([Entry.from_record(short.entries["web"].to_record())], workflow_changed=True)
-    assert [s for s, _ in run_to_end(longer, "web", 1)] == ["ipam.file", "dns.x", "lb.y"]
+    longer.load(
+        [Entry.from_record(short.entries["web"].to_record())], workflow_changed=True
+    )
+    assert [s for s, _ in run_to_end(longer, "web", 1)] == [
+        "ipam.file",
+        "dns.x",
+        "lb.y",
+    ]
 
 
 def test_a_provider_cannot_set_the_public_ip():
     flow = make()
     entry = flow.upsert(service(public_ip="10.9.9.9"), 0)
     assert entry.service.public_ip is None
+
+
+def test_a_changed_workflow_drops_the_step_in_progress_and_undoes_from_the_end():
+    flow = make()
+    flow.upsert(service(), 0)
+    run_to_end(flow, "web")
+    flow.remove("web", 1)
+    request = flow.next_request(flow.entries["web"], 1)
+    assert (request.step, request.action) == ("lb.y", "undeploy")
+    reordered = Workflow(["provider.test", "dns.x", "ipam.file", "lb.y"])
+    reordered.load([Entry.from_record(flow.entries["web"].to_record())], True)
+    assert reordered.apply_result(request.request_id, True, None, {}, 2) is None
+    steps = run_to_end(reordered, "web", 2)
+    assert steps == [
+        ("lb.y", "undeploy"),
+        ("ipam.file", "undeploy"),
+        ("dns.x", "undeploy"),
+    ]
+
+
+def test_a_deploy_in_progress_across_a_workflow_change_is_done_again():
+    flow = make()
+    flow.upsert(service(), 0)
+    request = flow.next_request(flow.entries["web"], 0)
+    longer = Workflow([*STEPS, "cdn.z"])
+    longer.load([Entry.from_record(flow.entries["web"].to_record())], True)
+    entry = longer.entries["web"]
+    assert not entry.work_in_progress and entry.state == "provider.test"
+    assert longer.apply_result(request.request_id, True, None, {}, 1) is None
+    assert [s for s, _ in run_to_end(longer, "web", 1)] == [*STEPS[1:], "cdn.z"]
