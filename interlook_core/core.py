@@ -45,6 +45,8 @@ LIVENESS_FACTOR = 3.0
 # delay the commit (and the sends behind it) indefinitely.
 BATCH = 2000
 REFRESH_CHUNK = 1000
+# Peers already warned about (one REFUSED line each), remembered up to this many.
+WARNED_PEERS_KEPT = 10_000
 _MORE = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
 
@@ -326,6 +328,9 @@ class Core:
     def _refuse(self, routing_id: bytes, reason: str) -> None:
         """Tell a peer to start over, and forget it."""
         if routing_id not in self._warned_peers:
+            # Each reconnection brings a new routing id: keep the set bounded.
+            if len(self._warned_peers) >= WARNED_PEERS_KEPT:
+                self._warned_peers.clear()
             self._warned_peers.add(routing_id)
             self.log.warning("REFUSED peer=%s reason=%s", routing_id.hex(), reason)
         if routing_id in self.instances.by_id:
