@@ -296,12 +296,16 @@ class DockerProvider(Provider):
         while not feed.stopping.is_set():
             try:
                 self._connect()
-                backoff = BACKOFF_START
                 self._follow(feed)
                 return
             except _Reconnect:
                 continue
             except EngineError as exc:
+                # Only a connection that got as far as a snapshot starts the
+                # backoff over: an engine that answers but refuses every
+                # listing would otherwise be asked again four times a second.
+                if self._engine_up:
+                    backoff = BACKOFF_START
                 self._engine_down(str(exc))
             finally:
                 self._disconnect()

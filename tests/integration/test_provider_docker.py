@@ -23,6 +23,7 @@ import yaml
 
 from interlook_core.config import load_config, validate_section
 from interlook_core.errors import ConfigError
+from interlook_ext.base import ServiceFeed
 from interlook_ext.docker_labels import LabelError, is_candidate, parse_publication
 from interlook_ext.docker_provider import (
     DockerProvider,
@@ -235,6 +236,35 @@ def test_tls_settings_reach_the_sdk_client(tmp_path):
     assert "tcp://127.0.0.1:1" in str(caught.value)
     with pytest.raises(pydantic.ValidationError):
         DockerProviderSettings(tlsCa=str(tls.ca))
+
+
+class _RecordingFeed(ServiceFeed):
+    """Records each wait of the watch loop; asks it to stop after ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+        self.limit = limit
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return len(self.waits) >= self.limit
+
+
+def test_engine_refusing_every_listing_is_retried_with_growing_waits(monkeypatch):
+    provider = DockerProvider(
+        "provider.docker", DockerProviderSettings(reconnectMaxInterval="2s")
+    )
+
+    def refuse(feed: ServiceFeed) -> None:
+        raise EngineError("listing Swarm services: the engine answered 503")
+
+    # The engine answers (connect succeeds) but refuses the listing every time.
+    monkeypatch.setattr(provider, "_connect", lambda: None)
+    monkeypatch.setattr(provider, "_follow", refuse)
+    feed = _RecordingFeed(limit=6)
+    provider.watch(feed)
+    assert feed.waits == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
 
 
 # -- against the engine ---------------------------------------------------------------
