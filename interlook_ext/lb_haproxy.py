@@ -260,13 +260,18 @@ class HaproxyLoadBalancer(Provisioner):
     def _check(self, text: str) -> str | None:
         """None when ``haproxy -c`` accepts MAIN + ``text``, else its complaint."""
         settings: HaproxySettings = self.settings  # type: ignore[assignment]
-        self.config_file.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(
-            prefix=f".{self.config_file.name}-check-", dir=self.config_file.parent
-        )
+        directory = self.config_file.parent
+        temp: str | None = None
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(text)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                handle, temp = tempfile.mkstemp(
+                    prefix=f".{self.config_file.name}-check-", dir=directory
+                )
+                with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                    stream.write(text)
+            except OSError as exc:
+                return f"cannot write a file to check in {directory}: {exc}"
             try:
                 # -W as HAProxy runs: a master-worker file without frontends is valid.
                 result = subprocess.run(
@@ -285,10 +290,13 @@ class HaproxyLoadBalancer(Provisioner):
                 )
             except FileNotFoundError:
                 return f"haproxyBinary {settings.haproxyBinary!r} not found"
+            except OSError as exc:
+                return f"cannot run haproxyBinary {settings.haproxyBinary!r}: {exc}"
             except subprocess.TimeoutExpired:
                 return f"'haproxy -c' took longer than {settings.timeout:g}s"
         finally:
-            Path(temp).unlink(missing_ok=True)
+            if temp is not None:
+                Path(temp).unlink(missing_ok=True)
         if result.returncode == 0:
             return None
         output = (result.stdout + result.stderr).replace(temp, str(self.config_file))

@@ -225,6 +225,25 @@ def test_haproxy_down_fails_the_step_and_a_retry_loads_it(
     assert http_get("127.0.1.40", lb.port) == "a"
 
 
+@pytest.mark.parametrize("blocked", ["binary", "folder"])
+def test_a_check_that_cannot_run_fails_with_a_clear_message(
+    make_lb, tmp_path: Path, http_targets, blocked
+):
+    if blocked == "binary":
+        binary = tmp_path / "not-executable"
+        binary.write_text("#!/bin/sh\n")
+        binary.chmod(0o644)
+        lb = make_lb(haproxyBinary=str(binary))
+        expected = "cannot run haproxyBinary"
+    else:
+        plain_file = tmp_path / "plain-file"
+        plain_file.write_text("")
+        lb = make_lb(configFile=str(plain_file / "interlook.cfg"))
+        expected = "cannot write a file to check in"
+    with pytest.raises(StepError, match=expected):
+        lb.deploy(_service("web", "127.0.1.60", http_targets["a"]))
+
+
 def test_state_file_rebuilds_the_file_in_a_new_process(
     make_lb, haproxy: Haproxy, http_targets
 ):
