@@ -409,6 +409,15 @@ class HaproxyLoadBalancer(Provisioner):
             self._save_state(records)
             write_atomically(self.config_file, text, mode=0o644)
         except OSError as exc:
+            # The state file may already hold what configFile could not take;
+            # left there, a restart would load services no step put in.
+            self._needs_reload = True
+            try:
+                self._save_state(self._records)
+            except OSError as again:
+                log.error(
+                    "STATE_RESTORE_FAILED file=%s reason=%s", self.state_file, again
+                )
             for change in batch:
                 change.finish(
                     f"cannot write {self.config_file} or {self.state_file}: {exc}"

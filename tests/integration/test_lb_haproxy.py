@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from pathlib import Path
@@ -242,6 +243,21 @@ def test_a_check_that_cannot_run_fails_with_a_clear_message(
         expected = "cannot write a file to check in"
     with pytest.raises(StepError, match=expected):
         lb.deploy(_service("web", "127.0.1.60", http_targets["a"]))
+
+
+def test_a_config_file_that_cannot_be_replaced_leaves_the_state_file_as_it_was(
+    make_lb, tmp_path: Path, http_targets
+):
+    # A folder where configFile should be: the check passes, the state file
+    # is written, then replacing configFile fails.
+    blocked = tmp_path / "blocked.cfg"
+    blocked.mkdir()
+    state = tmp_path / "lb-state.json"
+    lb = make_lb(configFile=str(blocked), stateFile=str(state))
+    with pytest.raises(StepError, match="cannot write"):
+        lb.deploy(_service("web", "127.0.1.61", http_targets["a"]))
+    recorded = json.loads(state.read_text())["services"] if state.exists() else []
+    assert recorded == [], "a service HAProxy never got must not be reloaded at start"
 
 
 def test_state_file_rebuilds_the_file_in_a_new_process(
