@@ -121,13 +121,30 @@ def _is_hostname(name: object) -> bool:
     )
 
 
+def _address_text(value: object, what: str) -> str | None:
+    """The canonical text of an IP address; None when ``value`` is not one.
+
+    Raises:
+        BadDefinition: an IPv6 address with a zone (``%eth0``): Python accepts
+            any text after the ``%``, a newline too, and it would reach the file.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if getattr(address, "scope_id", None) is not None:
+        raise BadDefinition(f"{what} {_show(value)} has an IPv6 zone (%...)")
+    return str(address)
+
+
 def _check_host(host: object, where: str) -> str:
-    if isinstance(host, str):
-        try:
-            return str(ipaddress.ip_address(host))
-        except ValueError:
-            if _is_hostname(host):
-                return host.rstrip(".")
+    address = _address_text(host, f"{where} host")
+    if address is not None:
+        return address
+    if isinstance(host, str) and _is_hostname(host):
+        return host.rstrip(".")
     raise BadDefinition(f"{where} host {_show(host)} is not an IP address or host name")
 
 
@@ -154,12 +171,9 @@ def _checked(
             f"service {name!r} has no public_ip yet; put an ipam step before lb.haproxy "
             "in core.workflowSteps"
         )
-    try:
-        ip = str(ipaddress.ip_address(public_ip))  # type: ignore[arg-type]
-    except ValueError:
-        raise BadDefinition(
-            f"public_ip {_show(public_ip)} is not an IP address"
-        ) from None
+    ip = _address_text(public_ip, "public_ip")
+    if ip is None:
+        raise BadDefinition(f"public_ip {_show(public_ip)} is not an IP address")
     if not isinstance(tls, bool):
         raise BadDefinition(f"tls {_show(tls)} is not true or false")
     if len(targets) > MAX_TARGETS:

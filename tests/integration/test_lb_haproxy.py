@@ -134,6 +134,25 @@ def test_malicious_values_never_reach_the_file(
     assert http_get("127.0.1.3", lb.port) == "a"
 
 
+@pytest.mark.parametrize("field", ["host", "public_ip"])
+def test_an_ipv6_zone_never_reaches_the_file(
+    make_lb, haproxy: Haproxy, http_targets, field
+):
+    lb = make_lb()
+    before, reloads = haproxy.ours.read_text(), haproxy.reloads()
+    # Python's ipaddress takes any text after "%" as the zone, a newline too.
+    zoned = "fe80::1%x]:80\n    server t9 127.0.0.1:1 #"
+    service = _service("zoned", "127.0.1.62", http_targets["b"])
+    if field == "host":
+        service = Service(**{**_fields(service), "targets": (Target(zoned, 80),)})
+    else:
+        service = Service(**{**_fields(service), "public_ip": zoned})
+    with pytest.raises(StepError, match="not written to HAProxy's file.*IPv6 zone"):
+        lb.deploy(service)
+    assert haproxy.ours.read_text() == before
+    assert haproxy.reloads() == reloads
+
+
 def _fields(service: Service) -> dict:
     return {name: getattr(service, name) for name in Service.__slots__}
 
