@@ -496,11 +496,17 @@ class Rfc2136Dns(Provisioner):
                 "in core.workflowSteps"
             )
         try:
-            ip = str(ipaddress.ip_address(service.public_ip))
+            address = ipaddress.ip_address(service.public_ip)
         except ValueError:
             raise StepError(
                 f"public_ip {service.public_ip!r} is not an IP address"
             ) from None
+        if getattr(address, "scope_id", None) is not None:
+            raise StepError(
+                f"public_ip {service.public_ip!r} has an IPv6 zone (%...), "
+                "which a DNS record cannot hold"
+            )
+        ip = str(address)
         if not (
             _SERVICE_CHARACTERS.fullmatch(service.name)
             and is_valid_service_name(service.name)

@@ -168,6 +168,11 @@ def test_unreachable_server_and_missing_ip_fail_clearly(tmp_path, named: Named):
         _dns(tmp_path, named.settings()).deploy(
             _service("web", None, "web.example.test")
         )
+    with pytest.raises(StepError, match="has an IPv6 zone"):
+        _dns(tmp_path, named.settings()).deploy(
+            _service("web", "fd00::5%eth0", "web.example.test")
+        )
+    assert named.records("web.example.test", "TXT") == []
 
 
 @pytest.mark.parametrize(
