@@ -90,7 +90,7 @@ class Rfc2136Settings(ExtensionSettings):
     @classmethod
     def _readable_secret(cls, path: str | None) -> str | None:
         if path is not None:
-            read_secret_file(path)
+            _read_secret_file(path)
         return path
 
     @model_validator(mode="after")
@@ -124,7 +124,7 @@ def _check_secret(secret: str, where: str) -> str:
     return secret
 
 
-def read_secret_file(path: str) -> str:
+def _read_secret_file(path: str) -> str:
     """The base64 secret in ``path``: a bare secret, or a BIND key file.
 
     Raises:
@@ -176,7 +176,7 @@ class Rfc2136Dns(Provisioner):
             secret = settings.tsigSecret
             if secret is None:
                 try:
-                    secret = read_secret_file(str(settings.tsigSecretFile))
+                    secret = _read_secret_file(str(settings.tsigSecretFile))
                 except ValueError as exc:
                     raise ConfigError(f"dns.rfc2136: tsigSecretFile: {exc}") from None
             self._keyname = dns.name.from_text(settings.tsigKeyName)

@@ -216,11 +216,11 @@ def _address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def frontend_name(service: str) -> str:
+def _frontend_name(service: str) -> str:
     return f"il-fe-{service}"
 
 
-def backend_name(service: str) -> str:
+def _backend_name(service: str) -> str:
     return f"il-be-{service}"
 
 
@@ -231,12 +231,12 @@ def render(records: list[LbRecord], options: RenderOptions) -> str:
         mode = "tcp" if record.tls else options.mode
         lines = [
             "",
-            f"frontend {frontend_name(record.name)}",
+            f"frontend {_frontend_name(record.name)}",
             f"    mode {mode}",
             f"    bind {_address(record.public_ip, record.port(options))}",
-            f"    default_backend {backend_name(record.name)}",
+            f"    default_backend {_backend_name(record.name)}",
             "",
-            f"backend {backend_name(record.name)}",
+            f"backend {_backend_name(record.name)}",
             f"    mode {mode}",
             "    balance roundrobin",
         ]
