@@ -3,9 +3,9 @@
 Nothing from a service definition is written to the file before it passes
 :func:`record_from_service`: a service name must be 1-128 letters, digits,
 ``_ . -``; hosts must be IP addresses (with no IPv6 zone, whose text is
-free) or RFC 1123 host names; ports and weights must be integers in range. Anything else (a newline, a space, a
-``#``, an overlong name) is refused with a message, so a definition can add
-no configuration of its own. DNS names are checked the same way although the
+free) or RFC 1123 host names; ports and weights must be integers in range.
+Anything else (a newline, a space, a ``#``, an overlong name) is refused
+with a message, so a definition can add no configuration of its own. DNS names are checked the same way although the
 file does not hold them: a definition with a bad one is refused as a whole.
 """
 
