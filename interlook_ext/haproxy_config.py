@@ -5,8 +5,9 @@ Nothing from a service definition is written to the file before it passes
 ``_ . -``; hosts must be IP addresses (with no IPv6 zone, whose text is
 free) or RFC 1123 host names; ports and weights must be integers in range.
 Anything else (a newline, a space, a ``#``, an overlong name) is refused
-with a message, so a definition can add no configuration of its own. DNS names are checked the same way although the
-file does not hold them: a definition with a bad one is refused as a whole.
+with a message, so a definition can add no configuration of its own. DNS
+names are checked the same way although the file does not hold them: a
+definition with a bad one is refused as a whole.
 """
 
 from __future__ import annotations
