@@ -9,9 +9,10 @@ default. Errors name the file, the key path and the line.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -37,6 +38,7 @@ __all__ = [
     "CurveServerSettings",
     "Duration",
     "ExtensionSettings",
+    "duration_field",
     "load_config",
     "validate_section",
 ]
@@ -56,6 +58,17 @@ def _duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(_duration)]
 """Seconds, written in the file as ``500ms``, ``3s``, ``10m`` or ``1h``."""
 
+
+def duration_field(default: str, **constraints: Any) -> Any:
+    """A :data:`Duration` setting whose default is written like the file's values.
+
+    Args:
+        default: e.g. ``"30s"``; checked like a value from the file.
+        constraints: pydantic bounds on the seconds, e.g. ``gt=0``.
+    """
+    return Field(default, **constraints)
+
+
 ConfigPath = Annotated[str, AfterValidator(_relative_to_config)]
 """A path; relative paths are taken from the configuration file's folder."""
 
@@ -73,7 +86,9 @@ def _steps(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, list | tuple):
-        raise ValueError("must be a comma-separated list of steps, e.g. provider.file,ipam.file")
+        raise ValueError(
+            "must be a comma-separated list of steps, e.g. provider.file,ipam.file"
+        )
     steps = tuple(str(step).strip() for step in value if str(step).strip())
     for step in steps:
         if not _STEP.match(step):
@@ -99,7 +114,9 @@ def _endpoint(value: Any, info: pydantic.ValidationInfo) -> Any:
         return value
     scheme, _, address = value.partition("://")
     if scheme not in ("tcp", "ipc") or not address:
-        raise ValueError(f"{value!r} is not a bus address; use tcp://HOST:PORT or ipc://PATH")
+        raise ValueError(
+            f"{value!r} is not a bus address; use tcp://HOST:PORT or ipc://PATH"
+        )
     if scheme == "ipc":
         return "ipc://" + _relative_to_config(address, info)
     return value
@@ -139,14 +156,14 @@ class CoreSettings(ExtensionSettings):
     workflowSteps: Annotated[tuple[str, ...], BeforeValidator(_steps)]
     workflowEntriesFile: ConfigPath = "./var/entries.db"
     workflowEntriesSync: bool = False
-    checkFlowInterval: Duration = Field("1s", gt=0)
-    workflowHousekeeperInterval: Duration = Field("10s", gt=0)
-    serviceWIPTimeout: Duration = Field("30s", gt=0)
+    checkFlowInterval: Duration = duration_field("1s", gt=0)
+    workflowHousekeeperInterval: Duration = duration_field("10s", gt=0)
+    serviceWIPTimeout: Duration = duration_field("30s", gt=0)
     serviceWIPMaxResends: int = Field(3, ge=0, le=100)
-    serviceRetryMaxInterval: Duration = Field("5m", gt=0)
-    cleanUndeployedServiceAfter: Duration = Field("10m", ge=0)
-    serviceMaxLastUpdated: Duration = Field("90s", gt=0)
-    heartbeatInterval: Duration = Field("2s", ge=0.1, le=600)
+    serviceRetryMaxInterval: Duration = duration_field("5m", gt=0)
+    cleanUndeployedServiceAfter: Duration = duration_field("10m", ge=0)
+    serviceMaxLastUpdated: Duration = duration_field("90s", gt=0)
+    heartbeatInterval: Duration = duration_field("2s", ge=0.1, le=600)
     # Bytes; a bigger message from a peer makes the socket drop its connection.
     maxMessageSize: int = Field(MAX_MESSAGE_BYTES, ge=65_536, le=1024**3)
     curve: CurveServerSettings | None = None
@@ -232,7 +249,10 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
 
 
 def _format_error(
-    config_path: Path, lines: dict, prefix: tuple[str, ...], error: dict[str, Any]
+    config_path: Path,
+    lines: dict[tuple[str, ...], int],
+    prefix: tuple[str, ...],
+    error: Mapping[str, Any],
 ) -> str:
     loc = prefix + tuple(str(part) for part in error["loc"])
     line = None
@@ -252,11 +272,14 @@ def _format_error(
     return f"{where}: {key}: {message}"
 
 
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
 def validate_section(
     config: Config,
     step: str,
-    model: type[BaseModel],
-) -> BaseModel:
+    model: type[SettingsT],
+) -> SettingsT:
     """Check an extension's section against its settings model.
 
     Raises:
@@ -269,7 +292,9 @@ def validate_section(
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{config.where((kind, name))}: {step}: must be a map of settings")
+        raise ConfigError(
+            f"{config.where((kind, name))}: {step}: must be a map of settings"
+        )
     try:
         return model.model_validate(raw, context={"base_dir": config.base_dir})
     except pydantic.ValidationError as exc:
@@ -299,20 +324,30 @@ def load_config(path: str | Path, known_steps: set[str] | None = None) -> Config
     config_path = Path(path).expanduser().resolve()
     data, lines = _read_yaml(config_path)
     if not isinstance(data, dict):
-        raise ConfigError(f"{config_path}: the configuration must be a map with a core section")
+        raise ConfigError(
+            f"{config_path}: the configuration must be a map with a core section"
+        )
     if "core" not in data:
         raise ConfigError(f"{config_path}: core: required section is missing")
     if not isinstance(data["core"], dict):
-        raise ConfigError(f"{config_path}:{lines.get(('core',), 1)}: core: must be a map")
+        raise ConfigError(
+            f"{config_path}:{lines.get(('core',), 1)}: core: must be a map"
+        )
     try:
-        core = CoreSettings.model_validate(data["core"], context={"base_dir": config_path.parent})
+        core = CoreSettings.model_validate(
+            data["core"], context={"base_dir": config_path.parent}
+        )
     except pydantic.ValidationError as exc:
-        raise ConfigError(_format_error(config_path, lines, ("core",), exc.errors()[0])) from None
+        raise ConfigError(
+            _format_error(config_path, lines, ("core",), exc.errors()[0])
+        ) from None
 
     curve = None
     if "curve" in data:
         if not isinstance(data["curve"], dict):
-            raise ConfigError(f"{config_path}:{lines.get(('curve',), 1)}: curve: must be a map")
+            raise ConfigError(
+                f"{config_path}:{lines.get(('curve',), 1)}: curve: must be a map"
+            )
         try:
             curve = CurveClientSettings.model_validate(
                 data["curve"], context={"base_dir": config_path.parent}
@@ -328,11 +363,15 @@ def load_config(path: str | Path, known_steps: set[str] | None = None) -> Config
             continue
         where = f"{config_path}:{lines.get((str(kind),), 1)}"
         if not isinstance(section, dict):
-            raise ConfigError(f"{where}: {kind}: must be a map of extension names to settings")
+            raise ConfigError(
+                f"{where}: {kind}: must be a map of extension names to settings"
+            )
         if known_steps is not None:
             kinds = {step.partition(".")[0] for step in known_steps}
             if kind not in kinds:
-                raise ConfigError(f"{where}: {kind}: unknown section (no installed extension kind)")
+                raise ConfigError(
+                    f"{where}: {kind}: unknown section (no installed extension kind)"
+                )
             for name in section:
                 if f"{kind}.{name}" not in known_steps:
                     line = lines.get((str(kind), str(name)), 1)
@@ -350,4 +389,6 @@ def load_config(path: str | Path, known_steps: set[str] | None = None) -> Config
                     f"core.workflowSteps: {step!r} names no installed extension; "
                     f"installed: {', '.join(sorted(known_steps))}"
                 )
-    return Config(path=config_path, core=core, curve=curve, sections=sections, lines=lines)
+    return Config(
+        path=config_path, core=core, curve=curve, sections=sections, lines=lines
+    )

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import zmq
@@ -30,9 +29,9 @@ from interlook_core.security import (
     load_key_pair,
     open_authenticator,
 )
-from interlook_core.service import Service, service_from_wire
+from interlook_core.service import Service, parse_address, service_from_wire
 from interlook_core.store import EntryStore, open_entry_store
-from interlook_core.transport import open_router
+from interlook_core.transport import has_waiting_messages, open_router
 from interlook_core.workflow import StepRequest, Workflow, WorkflowTimings
 
 __all__ = ["Core"]
@@ -230,15 +229,16 @@ class Core:
                 if curve:
                     # The ZAP handler's verdict travels with each frame; read
                     # it from the message, never from what the peer says.
-                    user_id = frames[-1].get("User-Id") if len(frames) > 1 else None
-                    self._receive([frame.bytes for frame in frames], user_id)
+                    parts = cast(list[zmq.Frame], frames)
+                    user_id = parts[-1].get("User-Id") if len(parts) > 1 else None
+                    self._receive([part.bytes for part in parts], cast(str, user_id))
                 else:
-                    self._receive(frames)
+                    self._receive(cast(list[bytes], frames))
             except Exception:
                 # A bug met by one message must not stop the bus for all.
-                self.log.error(
-                    "HANDLER_FAILED peer=%s", bytes(frames[0]).hex(), exc_info=True
-                )
+                peer = frames[0]
+                peer_id = peer.bytes if isinstance(peer, zmq.Frame) else peer
+                self.log.error("HANDLER_FAILED peer=%s", peer_id.hex(), exc_info=True)
         try:
             self._after_changes()
         except StoreError:
@@ -507,7 +507,7 @@ class Core:
         # Sends can consume the socket descriptor's edge for messages that
         # arrived meanwhile (it is edge-triggered): look for them now.
         socket = self._socket
-        if socket is not None and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if socket is not None and has_waiting_messages(socket):
             self._schedule_pump()
 
     def _commit(self) -> None:
@@ -657,8 +657,7 @@ def _check_changes(step: str, changes: Any) -> tuple[str | None, Any]:
         return None, changes
     if not isinstance(value, str):
         return f"public_ip must be a string or nil, not {type(value).__name__}", None
-    try:
-        canonical = str(ipaddress.ip_address(value))
-    except ValueError:
+    address = parse_address(value)
+    if address is None:
         return f"public_ip {value[:64]!r} is not an IP address", None
-    return None, {**changes, "public_ip": canonical}
+    return None, {**changes, "public_ip": str(address)}

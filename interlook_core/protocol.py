@@ -14,7 +14,7 @@ and raises :class:`ProtocolError` naming what is wrong.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -141,7 +141,7 @@ def _check_field(
             f"{command.decode()}: field {key!r} is {value!r}, expected one of {sorted(allowed)}"
         )
     bounds = _RANGES.get((command, key))
-    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+    if bounds is not None and not bounds[0] <= cast(int, value) <= bounds[1]:
         raise ProtocolError(
             f"{command.decode()}: field {key!r} is {value}, outside {bounds[0]}..{bounds[1]}"
         )
@@ -200,7 +200,7 @@ def decode(frames: Sequence[bytes]) -> Message:
         if key not in body:
             raise ProtocolError(f"{command.decode()}: missing field {key!r}")
         _check_field(command, key, body[key], kind)
-    for key, kind in optional.items():
+    for key, kinds in optional.items():
         if key in body:
-            _check_field(command, key, body[key], kind)
+            _check_field(command, key, body[key], kinds)
     return Message(command, body)

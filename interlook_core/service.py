@@ -10,15 +10,18 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from interlook_core.errors import ServiceDefinitionError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 __all__ = [
     "Service",
     "Target",
     "is_valid_hostname",
     "is_valid_service_name",
+    "parse_address",
     "service_from_wire",
 ]
 
@@ -29,12 +32,12 @@ _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
-def is_valid_service_name(name: object) -> bool:
+def is_valid_service_name(name: object) -> TypeGuard[str]:
     """Letters, digits, ``_ . -``, at most 128, starting with a letter or digit."""
     return isinstance(name, str) and _SERVICE_NAME.match(name) is not None
 
 
-def is_valid_hostname(name: object) -> bool:
+def is_valid_hostname(name: object) -> TypeGuard[str]:
     """A DNS host name by RFC 1123: dot-separated labels, at most 253 characters."""
     if not isinstance(name, str) or not name or len(name) > 253:
         return False
@@ -42,14 +45,22 @@ def is_valid_hostname(name: object) -> bool:
     return all(_LABEL.match(label) for label in labels)
 
 
-def _is_host(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
+def parse_address(value: object) -> IPAddress | None:
+    """An IP address without an IPv6 zone, or None.
+
+    ``ipaddress`` takes any text after ``%`` as an IPv6 zone, newlines
+    included; such text must never reach a generated configuration file.
+    """
+    if not isinstance(value, str) or "%" in value:
+        return None
     try:
-        ipaddress.ip_address(value)
+        return ipaddress.ip_address(value)
     except ValueError:
-        return is_valid_hostname(value)
-    return True
+        return None
+
+
+def _is_host(value: object) -> TypeGuard[str]:
+    return parse_address(value) is not None or is_valid_hostname(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +197,10 @@ def service_from_wire(raw: object, provider: str | None = None) -> Service:
 
     public_ip = raw.get("public_ip")
     if public_ip is not None:
-        try:
-            public_ip = str(ipaddress.ip_address(public_ip))
-        except ValueError:
-            raise _fail(name, f"public_ip {public_ip!r} is not an IP address") from None
+        address = parse_address(public_ip)
+        if address is None:
+            raise _fail(name, f"public_ip {public_ip!r} is not an IP address")
+        public_ip = str(address)
     return Service(
         name=name,
         provider=provider,

@@ -13,7 +13,7 @@ import zmq
 from interlook_core.protocol import MAX_MESSAGE_BYTES
 from interlook_core.security import CurveKeys, apply_client_keys, apply_server_keys
 
-__all__ = ["open_dealer", "open_router"]
+__all__ = ["has_waiting_messages", "open_dealer", "open_router"]
 
 # Messages queued per peer before sends fail fast with EAGAIN instead of
 # growing memory without bound.
@@ -73,3 +73,13 @@ def open_dealer(
         apply_client_keys(socket, keys)
     socket.connect(endpoint)
     return socket
+
+
+def has_waiting_messages(socket: zmq.Socket) -> bool:
+    """True when a message can be read now.
+
+    A ZeroMQ socket's file descriptor is edge-triggered, and a send can use up
+    the edge of a message that arrived meanwhile: after sending, ask here
+    before waiting on the descriptor again.
+    """
+    return bool(int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, ClassVar
 
 from interlook_core.config import ExtensionSettings
 from interlook_core.service import Service
 
-__all__ = ["Extension", "Provider", "Provisioner", "ServiceFeed"]
+__all__ = ["Extension", "Provider", "Provisioner", "ServiceFeed", "StepOutcome"]
+
+StepOutcome = dict[str, Any] | None | Awaitable[dict[str, Any] | None]
+"""What a step handler returns: the fields it changed, or a coroutine giving them."""
 
 
 class Extension:
@@ -59,11 +62,11 @@ class Provisioner(Extension):
 
     role: ClassVar[str] = "provisioner"
 
-    def deploy(self, service: Service) -> dict[str, Any] | None:
+    def deploy(self, service: Service) -> StepOutcome:
         """Bring this step in place for ``service``; return fields it changed."""
         raise NotImplementedError
 
-    def undeploy(self, service: Service) -> dict[str, Any] | None:
+    def undeploy(self, service: Service) -> StepOutcome:
         """Remove this step's work for ``service``; return fields it changed."""
         raise NotImplementedError
 

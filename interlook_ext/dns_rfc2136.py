@@ -50,7 +50,12 @@ import dns.tsigkeyring
 import dns.update
 from pydantic import Field, field_validator, model_validator
 
-from interlook_core.config import ConfigPath, Duration, ExtensionSettings
+from interlook_core.config import (
+    ConfigPath,
+    Duration,
+    ExtensionSettings,
+    duration_field,
+)
 from interlook_core.errors import ConfigError, StepError
 from interlook_core.service import Service, is_valid_hostname, is_valid_service_name
 from interlook_ext.atomic_file import write_atomically
@@ -83,7 +88,7 @@ class Rfc2136Settings(ExtensionSettings):
     tsigSecretFile: ConfigPath | None = None
     tsigAlgorithm: _ALGORITHMS = "hmac-sha256"
     ttl: int = Field(60, ge=0, le=2_147_483_647)
-    timeout: Duration = Field("5s", gt=0, le=300)
+    timeout: Duration = duration_field("5s", gt=0, le=300)
     stateFile: ConfigPath = "./var/dns-rfc2136.json"
 
     @field_validator("tsigSecretFile")
@@ -162,11 +167,12 @@ class Rfc2136Dns(Provisioner):
     """
 
     settings_model = Rfc2136Settings
+    settings: Rfc2136Settings
     capacity: ClassVar[int] = 4
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings: Rfc2136Settings = self.settings  # type: ignore[assignment]
+        settings = self.settings
         self.zone = dns.name.from_text(settings.zone)
         self.server = settings.server
         self.state_file = Path(settings.stateFile)
@@ -264,7 +270,7 @@ class Rfc2136Dns(Provisioner):
         return f"{self.server}:{self.settings.port}"
 
     def _exchange(self, message: dns.message.Message) -> dns.message.Message:
-        settings: Rfc2136Settings = self.settings  # type: ignore[assignment]
+        settings = self.settings
         if self._keyring is not None:
             message.use_tsig(self._keyring, keyname=self._keyname)
         try:
@@ -303,9 +309,11 @@ class Rfc2136Dns(Provisioner):
         except ValueError:
             pass
         try:
-            return socket.getaddrinfo(
-                self.server, self.settings.port, type=socket.SOCK_STREAM
-            )[0][4][0]
+            return str(
+                socket.getaddrinfo(
+                    self.server, self.settings.port, type=socket.SOCK_STREAM
+                )[0][4][0]
+            )
         except OSError as exc:
             raise StepError(
                 f"cannot resolve DNS server name {self.server!r}: {exc}"
@@ -357,7 +365,7 @@ class Rfc2136Dns(Provisioner):
         ):
             raise _PrerequisiteFailed()
         label = name.to_text(True)
-        settings: Rfc2136Settings = self.settings  # type: ignore[assignment]
+        settings = self.settings
         if rcode == dns.rcode.REFUSED:
             raise StepError(
                 f"DNS server {self._where()} refused the update of {label} (REFUSED): "
@@ -398,7 +406,7 @@ class Rfc2136Dns(Provisioner):
     # -- one name -------------------------------------------------------------
 
     def _ensure(self, service: str, name: dns.name.Name, ip: str) -> None:
-        settings: Rfc2136Settings = self.settings  # type: ignore[assignment]
+        settings = self.settings
         label = name.to_text(True)
         kind = "AAAA" if ipaddress.ip_address(ip).version == 6 else "A"
         other_kind = "A" if kind == "AAAA" else "AAAA"

@@ -30,9 +30,14 @@ import docker
 import docker.errors
 import docker.tls
 import requests
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, field_validator, model_validator
 
-from interlook_core.config import ConfigPath, Duration, ExtensionSettings
+from interlook_core.config import (
+    ConfigPath,
+    Duration,
+    ExtensionSettings,
+    duration_field,
+)
 from interlook_core.errors import InterlookError, ServiceDefinitionError
 from interlook_core.service import Service, Target, is_valid_hostname, service_from_wire
 from interlook_ext.base import Provider, ServiceFeed
@@ -108,9 +113,9 @@ class DockerProviderSettings(ExtensionSettings):
     mode: Literal["auto", "containers", "swarm"] = "auto"
     labelSelector: Annotated[tuple[str, ...], BeforeValidator(_selector)] = ()
     hostAddress: str | None = None
-    pollInterval: Duration = Field("30s", gt=0, le=86400)
-    apiTimeout: Duration = Field("10s", gt=0, le=600)
-    reconnectMaxInterval: Duration = Field("10s", ge=0.1, le=600)
+    pollInterval: Duration = duration_field("30s", gt=0, le=86400)
+    apiTimeout: Duration = duration_field("10s", gt=0, le=600)
+    reconnectMaxInterval: Duration = duration_field("10s", ge=0.1, le=600)
 
     @field_validator("endpoint")
     @classmethod
@@ -275,6 +280,7 @@ class DockerProvider(Provider):
     """Reports the labelled containers or Swarm services of one Docker engine."""
 
     settings_model = DockerProviderSettings
+    settings: DockerProviderSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

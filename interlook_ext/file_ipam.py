@@ -83,10 +83,11 @@ class FileIpam(Provisioner):
     """Allocates one IP per service name; the same name always gets the same IP."""
 
     settings_model = FileIpamSettings
+    settings: FileIpamSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings: FileIpamSettings = self.settings  # type: ignore[assignment]
+        settings = self.settings
         self.db_file = Path(settings.db_file)
         self._first, self._last, version = pool_bounds(settings)
         self._factory = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address

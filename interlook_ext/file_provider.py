@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
 
-from interlook_core.config import ConfigPath, Duration, ExtensionSettings
+from interlook_core.config import (
+    ConfigPath,
+    Duration,
+    ExtensionSettings,
+    duration_field,
+)
 from interlook_core.errors import ServiceDefinitionError
 from interlook_core.service import Service, service_from_wire
 from interlook_ext.base import Provider, ServiceFeed
@@ -31,7 +35,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 class FileProviderSettings(ExtensionSettings):
     path: ConfigPath
-    pollInterval: Duration = Field("500ms", gt=0, le=60)
+    pollInterval: Duration = duration_field("500ms", gt=0, le=60)
 
 
 class _BadFile(Exception):
@@ -42,6 +46,7 @@ class FileProvider(Provider):
     """Reports the services found in ``provider.file.path``."""
 
     settings_model = FileProviderSettings
+    settings: FileProviderSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

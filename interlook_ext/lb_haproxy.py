@@ -39,7 +39,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from interlook_core.config import ConfigPath, Duration, ExtensionSettings
+from interlook_core.config import (
+    ConfigPath,
+    Duration,
+    ExtensionSettings,
+    duration_field,
+)
 from interlook_core.errors import ConfigError, StepError
 from interlook_core.service import Service
 from interlook_ext.atomic_file import write_atomically
@@ -69,9 +74,9 @@ class HaproxySettings(ExtensionSettings):
     httpsPort: int = Field(443, ge=1, le=65535)
     mode: Literal["http", "tcp"] = "http"
     healthCheck: bool = True
-    healthCheckInterval: Duration = Field("2s", ge=0.1, le=3600)
+    healthCheckInterval: Duration = duration_field("2s", ge=0.1, le=3600)
     stateFile: ConfigPath = "./var/lb-haproxy.json"
-    timeout: Duration = Field("15s", gt=0, le=600)
+    timeout: Duration = duration_field("15s", gt=0, le=600)
 
     @field_validator("mainConfigFile")
     @classmethod
@@ -186,12 +191,13 @@ class HaproxyLoadBalancer(Provisioner):
     """
 
     settings_model = HaproxySettings
+    settings: HaproxySettings
     # Steps wait on the shared reload thread, so many may be in flight.
     capacity: ClassVar[int] = 32
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings: HaproxySettings = self.settings  # type: ignore[assignment]
+        settings = self.settings
         self.config_file = Path(settings.configFile)
         self.main_file = Path(settings.mainConfigFile)
         self.state_file = Path(settings.stateFile)
@@ -259,7 +265,7 @@ class HaproxyLoadBalancer(Provisioner):
 
     def _check(self, text: str) -> str | None:
         """None when ``haproxy -c`` accepts MAIN + ``text``, else its complaint."""
-        settings: HaproxySettings = self.settings  # type: ignore[assignment]
+        settings = self.settings
         directory = self.config_file.parent
         temp: str | None = None
         try:

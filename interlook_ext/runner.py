@@ -28,7 +28,7 @@ from interlook_core import __version__, protocol
 from interlook_core.errors import ProtocolError, ServiceDefinitionError, StepError
 from interlook_core.security import CurveKeys
 from interlook_core.service import Service, service_from_wire
-from interlook_core.transport import open_dealer
+from interlook_core.transport import has_waiting_messages, open_dealer
 from interlook_ext.base import Extension, Provider, Provisioner, ServiceFeed
 
 __all__ = ["ExtensionRunner"]
@@ -223,7 +223,7 @@ class ExtensionRunner:
                     return
                 # The descriptor is edge-triggered: look before sleeping.
                 self._wakeup.clear()
-                if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if has_waiting_messages(socket):
                     continue
                 try:
                     await asyncio.wait_for(
@@ -268,7 +268,7 @@ class ExtensionRunner:
             return
         # A send may consume the descriptor's edge for a message that
         # arrived meanwhile; wake the session loop to look.
-        if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if has_waiting_messages(socket):
             self._wakeup.set()
 
     def _register(self) -> None:

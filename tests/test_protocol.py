@@ -55,3 +55,16 @@ def test_a_message_round_trips():
 def test_malformed_messages_are_refused_with_the_reason(raw, problem):
     with pytest.raises(ProtocolError, match=problem.replace("(", r"\(")):
         protocol.decode(raw)
+
+
+def test_an_ipv6_zone_is_never_an_address_in_a_definition():
+    from interlook_core.errors import ServiceDefinitionError
+    from interlook_core.service import service_from_wire
+
+    for bad in ("fe80::1%x]:80\n    server evil 1.2.3.4:80", "fe80::1%eth0"):
+        with pytest.raises(ServiceDefinitionError):
+            service_from_wire(
+                {"name": "web", "provider": "provider.x", "targets": [{"host": bad, "port": 80}]}
+            )
+        with pytest.raises(ServiceDefinitionError):
+            service_from_wire({"name": "web", "provider": "provider.x", "public_ip": bad})

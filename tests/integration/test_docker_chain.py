@@ -15,15 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import docker_engine, servers
+from tests.integration import servers
 from tests.integration.docker_engine import DockerObjects
 from tests.integration.servers import ZONE, Haproxy, Named, http_get, refused
 from tests.support import Cluster, free_port, wait_until, write_config
 
-# The engine and server fixtures, made visible to this module's tests.
-docker_host = docker_engine.docker_host
-docker_client = docker_engine.docker_client
-docker_objects = docker_engine.docker_objects
+# The server fixtures, made visible to this module's tests.
 named = servers.named
 haproxy = servers.haproxy
 

@@ -36,10 +36,6 @@ from tests.integration import docker_engine
 from tests.integration.docker_engine import DockerObjects, EngineProxy, make_tls_files
 from tests.support import Cluster, free_port, wait_until, write_config
 
-# The engine fixtures, made visible to this module's tests.
-docker_host = docker_engine.docker_host
-docker_client = docker_engine.docker_client
-docker_objects = docker_engine.docker_objects
 short_dir = docker_engine.short_dir
 
 CIDR = "10.32.31.0/28"
