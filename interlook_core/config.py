@@ -309,6 +309,23 @@ def validate_section(
         ) from None
 
 
+def _validate_top_section(
+    config_path: Path,
+    lines: dict[tuple[str, ...], int],
+    data: dict[str, Any],
+    key: str,
+    model: type[SettingsT],
+) -> SettingsT:
+    if not isinstance(data[key], dict):
+        raise ConfigError(f"{config_path}:{lines.get((key,), 1)}: {key}: must be a map")
+    try:
+        return model.model_validate(data[key], context={"base_dir": config_path.parent})
+    except pydantic.ValidationError as exc:
+        raise ConfigError(
+            _format_error(config_path, lines, (key,), exc.errors()[0])
+        ) from None
+
+
 def load_config(path: str | Path, known_steps: set[str] | None = None) -> Config:
     """Read and check a configuration file.
 
@@ -329,33 +346,12 @@ def load_config(path: str | Path, known_steps: set[str] | None = None) -> Config
         )
     if "core" not in data:
         raise ConfigError(f"{config_path}: core: required section is missing")
-    if not isinstance(data["core"], dict):
-        raise ConfigError(
-            f"{config_path}:{lines.get(('core',), 1)}: core: must be a map"
-        )
-    try:
-        core = CoreSettings.model_validate(
-            data["core"], context={"base_dir": config_path.parent}
-        )
-    except pydantic.ValidationError as exc:
-        raise ConfigError(
-            _format_error(config_path, lines, ("core",), exc.errors()[0])
-        ) from None
-
+    core = _validate_top_section(config_path, lines, data, "core", CoreSettings)
     curve = None
     if "curve" in data:
-        if not isinstance(data["curve"], dict):
-            raise ConfigError(
-                f"{config_path}:{lines.get(('curve',), 1)}: curve: must be a map"
-            )
-        try:
-            curve = CurveClientSettings.model_validate(
-                data["curve"], context={"base_dir": config_path.parent}
-            )
-        except pydantic.ValidationError as exc:
-            raise ConfigError(
-                _format_error(config_path, lines, ("curve",), exc.errors()[0])
-            ) from None
+        curve = _validate_top_section(
+            config_path, lines, data, "curve", CurveClientSettings
+        )
 
     sections: dict[str, dict[str, Any]] = {}
     for kind, section in data.items():
