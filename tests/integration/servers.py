@@ -16,6 +16,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
@@ -377,3 +378,51 @@ def http_targets(tmp_path: Path) -> Iterator[dict[str, HttpTarget]]:
     finally:
         for target in targets.values():
             target.stop()
+
+
+def start_chain(
+    directory: Path,
+    cluster_factory: Any,
+    provider: dict[str, Any],
+    named: Named,
+    haproxy: Haproxy,
+) -> Any:
+    """Start the core and the four steps: a provider, ipam.file, dns.rfc2136, lb.haproxy.
+
+    Args:
+        directory: the test's folder, for the config and the state files.
+        cluster_factory: the fixture from tests/support.py.
+        provider: ``{"file": {...}}`` or ``{"docker": {...}}``, the provider's section.
+        named, haproxy: the running servers.
+
+    Returns:
+        The started cluster, with ``http_port`` (HAProxy's frontends) and
+        ``ipam`` (the allocations file) set.
+    """
+    from tests.support import free_port, write_config
+
+    kind = next(iter(provider))
+    steps = [f"provider.{kind}", "ipam.file", "dns.rfc2136", "lb.haproxy"]
+    http_port = free_port()
+    config = write_config(
+        directory,
+        ",".join(steps),
+        {
+            "provider": provider,
+            "ipam": {
+                "file": {"network_cidr": "127.0.1.0/24", "db_file": "var/ipam.json"}
+            },
+            "dns": {"rfc2136": named.settings()},
+            "lb": {"haproxy": haproxy.settings(http_port)},
+        },
+        serviceRetryMaxInterval="2s",
+        serviceWIPTimeout="10s",
+    )
+    cluster = cluster_factory(config)
+    cluster.core()
+    for name in steps:
+        cluster.ext(name)
+    cluster.api.wait_extensions(set(steps))
+    cluster.http_port = http_port
+    cluster.ipam = directory / "var/ipam.json"
+    return cluster

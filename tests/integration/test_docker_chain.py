@@ -17,15 +17,19 @@ import pytest
 
 from tests.integration import servers
 from tests.integration.docker_engine import DockerObjects
-from tests.integration.servers import ZONE, Haproxy, Named, http_get, refused
-from tests.support import Cluster, free_port, wait_until, write_config
+from tests.integration.servers import (
+    ZONE,
+    Haproxy,
+    Named,
+    http_get,
+    refused,
+    start_chain,
+)
+from tests.support import Cluster, free_port, wait_until
 
 # The server fixtures, made visible to this module's tests.
 named = servers.named
 haproxy = servers.haproxy
-
-STEPS = "provider.docker,ipam.file,dns.rfc2136,lb.haproxy"
-EXTENSIONS = STEPS.split(",")
 
 
 @pytest.fixture
@@ -37,39 +41,18 @@ def chain(
     named: Named,
     haproxy: Haproxy,
 ) -> Cluster:
-    http_port = free_port()
-    config = write_config(
-        tmp_path,
-        STEPS,
-        {
-            "provider": {
-                "docker": {
-                    "endpoint": docker_host,
-                    "mode": "containers",
-                    # Only this test's containers, whatever else the engine runs.
-                    "labelSelector": docker_objects.selector,
-                    # Long: what the test sees within seconds came from the events.
-                    "pollInterval": "60s",
-                    "reconnectMaxInterval": "500ms",
-                }
-            },
-            "ipam": {
-                "file": {"network_cidr": "127.0.1.0/24", "db_file": "var/ipam.json"}
-            },
-            "dns": {"rfc2136": named.settings()},
-            "lb": {"haproxy": haproxy.settings(http_port)},
-        },
-        serviceRetryMaxInterval="2s",
-        serviceWIPTimeout="10s",
-    )
-    cluster: Cluster = cluster_factory(config)
-    cluster.core()
-    for name in EXTENSIONS:
-        cluster.ext(name)
-    cluster.api.wait_extensions(set(EXTENSIONS))
-    cluster.http_port = http_port
-    cluster.ipam = tmp_path / "var/ipam.json"
-    return cluster
+    provider = {
+        "docker": {
+            "endpoint": docker_host,
+            "mode": "containers",
+            # Only this test's containers, whatever else the engine runs.
+            "labelSelector": docker_objects.selector,
+            # Long: what the test sees within seconds came from the events.
+            "pollInterval": "60s",
+            "reconnectMaxInterval": "500ms",
+        }
+    }
+    return start_chain(tmp_path, cluster_factory, provider, named, haproxy)
 
 
 def _allocations(path: Path) -> dict[str, str]:

@@ -15,16 +15,13 @@ import pytest
 import yaml
 
 from tests.integration import servers
-from tests.integration.servers import Haproxy, Named, http_get, refused
-from tests.support import Cluster, free_port, wait_until, write_config
+from tests.integration.servers import Haproxy, Named, http_get, refused, start_chain
+from tests.support import wait_until
 
 # The server fixtures, made visible to this module's tests.
 named = servers.named
 haproxy = servers.haproxy
 http_targets = servers.http_targets
-
-STEPS = "provider.file,ipam.file,dns.rfc2136,lb.haproxy"
-EXTENSIONS = STEPS.split(",")
 
 
 def _write(directory: Path, file: str, *services: dict) -> None:
@@ -46,29 +43,9 @@ def _service(name: str, port: int, *dns_names: str) -> dict:
 def chain(tmp_path: Path, cluster_factory, named: Named, haproxy: Haproxy):
     services = tmp_path / "services"
     services.mkdir()
-    http_port = free_port()
-    config = write_config(
-        tmp_path,
-        STEPS,
-        {
-            "provider": {"file": {"path": "services", "pollInterval": "100ms"}},
-            "ipam": {
-                "file": {"network_cidr": "127.0.1.0/24", "db_file": "var/ipam.json"}
-            },
-            "dns": {"rfc2136": named.settings()},
-            "lb": {"haproxy": haproxy.settings(http_port)},
-        },
-        serviceRetryMaxInterval="2s",
-        serviceWIPTimeout="10s",
-    )
-    cluster: Cluster = cluster_factory(config)
-    cluster.core()
-    for name in EXTENSIONS:
-        cluster.ext(name)
-    cluster.api.wait_extensions(set(EXTENSIONS))
+    provider = {"file": {"path": "services", "pollInterval": "100ms"}}
+    cluster = start_chain(tmp_path, cluster_factory, provider, named, haproxy)
     cluster.services = services
-    cluster.http_port = http_port
-    cluster.ipam = tmp_path / "var/ipam.json"
     return cluster
 
 
