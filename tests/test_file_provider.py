@@ -20,6 +20,13 @@ class RecordingFeed(ServiceFeed):
         self.snapshots.append({s.name: s for s in services})
 
 
+def replace(path, text):
+    """Save a file as editors do, by rename: a reader never sees it half-written."""
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text)
+    temp.replace(path)
+
+
 def watching(path):
     provider = FileProvider(
         "provider.file", FileProviderSettings(path=str(path), pollInterval="50ms")
@@ -43,9 +50,9 @@ def test_changes_and_removals_are_reported(tmp_path):
     feed, thread = watching(path)
     try:
         wait_until(lambda: feed.snapshots and "web" in feed.snapshots[-1], 5)
-        path.write_text(GOOD.replace("8080", "8081"))
+        replace(path, GOOD.replace("8080", "8081"))
         wait_until(lambda: feed.snapshots[-1]["web"].targets[0].port == 8081, 5)
-        path.write_text("services: []\n")
+        replace(path, "services: []\n")
         wait_until(lambda: feed.snapshots[-1] == {}, 5)
     finally:
         feed.stopping.set()
@@ -60,9 +67,9 @@ def test_a_broken_file_keeps_its_previous_services(tmp_path, caplog):
     try:
         wait_until(lambda: feed.snapshots, 5)
         count = len(feed.snapshots)
-        path.write_text(GOOD + "  - name: bad\n    targets: [{host: x, port: 0}]\n")
+        replace(path, GOOD + "  - name: bad\n    targets: [{host: x, port: 0}]\n")
         wait_until(lambda: "BAD_FILE" in caplog.text, 5)
-        path.write_text(GOOD.replace("targets:", "targets: [oops\n"))
+        replace(path, GOOD.replace("targets:", "targets: [oops\n"))
         wait_until(lambda: "not valid YAML" in caplog.text, 5)
         assert len(feed.snapshots) == count, "nothing new was reported"
         assert f"file={path}" in caplog.text and "line 5" in caplog.text
@@ -107,7 +114,7 @@ def test_no_snapshot_until_a_missing_or_broken_file_is_readable(tmp_path):
         path.write_text("services: [oops\n")
         time.sleep(0.3)
         assert feed.snapshots == [], "nothing is known, so nothing may be deleted"
-        path.write_text(GOOD)
+        replace(path, GOOD)
         wait_until(lambda: feed.snapshots and "web" in feed.snapshots[-1], 5)
     finally:
         feed.stopping.set()
