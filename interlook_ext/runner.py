@@ -108,6 +108,9 @@ class ExtensionRunner:
         self._wakeup = asyncio.Event()
         self._last_heard = 0.0
         self._registered = False
+        # "up" after a WELCOME, "down" once reported gone: losing the core is
+        # news, failing again to reach a core that is still away is not.
+        self._core_state = "unknown"
         # The core's heartbeat interval, from WELCOME; ours stays what we
         # announced in REGISTER, which is what the core judges us by.
         self._core_heartbeat = heartbeat
@@ -144,7 +147,7 @@ class ExtensionRunner:
                     break
                 if time.monotonic() - started > RECONNECT_CAP:
                     backoff = 0.5
-                self.log.info(
+                self.log.debug(
                     "RECONNECTING endpoint=%s in=%.1fs", self.endpoint, backoff
                 )
                 try:
@@ -217,9 +220,7 @@ class ExtensionRunner:
                     not waiting_to_register
                     and silent > self._core_heartbeat * LIVENESS_FACTOR
                 ):
-                    self.log.warning(
-                        "LOST_CORE endpoint=%s silent_for=%.1fs", self.endpoint, silent
-                    )
+                    self._report_core_gone(silent)
                     return
                 # The descriptor is edge-triggered: look before sleeping.
                 self._wakeup.clear()
@@ -238,6 +239,24 @@ class ExtensionRunner:
             self._registered = False
             self._socket = None
             socket.close(linger=100)
+
+    def _report_core_gone(self, silent: float) -> None:
+        """One log line per change: the core lost, or not reachable at start."""
+        if self._core_state == "up":
+            self.log.warning(
+                "LOST_CORE endpoint=%s silent_for=%.1fs action=reconnecting",
+                self.endpoint,
+                silent,
+            )
+        elif self._core_state == "unknown":
+            self.log.info(
+                "NO_CORE endpoint=%s action=retrying until it answers", self.endpoint
+            )
+        else:
+            self.log.debug(
+                "NO_ANSWER endpoint=%s silent_for=%.1fs", self.endpoint, silent
+            )
+        self._core_state = "down"
 
     def _drain(self, socket: zmq.Socket) -> None:
         """Handle every message waiting, without blocking."""
@@ -294,6 +313,7 @@ class ExtensionRunner:
         command, body = message.command, message.body
         if command == protocol.WELCOME:
             self._registered = True
+            self._core_state = "up"
             self._refusals = 0
             self._last_refusal = ""
             self._core_heartbeat = body["heartbeat_ms"] / 1000
