@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from interlook_core.config import Config
@@ -60,8 +59,13 @@ childlogdir={runtime_dir}
 
 
 def exec_supervisord(config: Config) -> None:
-    """Replace this process with supervisord running the process group."""
-    runtime_dir = Path(tempfile.mkdtemp(prefix="interlook-up-"))
+    """Replace this process with supervisord running the process group.
+
+    Its configuration and pid file go beside the entries file (``up/`` in
+    its folder), so each run reuses one folder instead of leaving another.
+    """
+    runtime_dir = Path(config.core.workflowEntriesFile).parent / "up"
+    runtime_dir.mkdir(parents=True, exist_ok=True)
     conf = runtime_dir / "supervisord.conf"
     conf.write_text(supervisord_config(config, runtime_dir), encoding="utf-8")
     print(f"interlook up: supervisord config {conf}", flush=True)
