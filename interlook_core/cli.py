@@ -198,6 +198,12 @@ def _status_rows(services: dict[str, Any]) -> list[list[str]]:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if not config.core.listenPort:
+        print(
+            f"interlook status: the API is off in {config.path} (core.listenPort: 0)",
+            file=sys.stderr,
+        )
+        return 1
     host = config.core.listenAddress
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"

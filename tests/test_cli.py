@@ -80,3 +80,15 @@ def test_status_says_when_the_core_cannot_be_reached(tmp_path):
     result = run("status", "-c", str(config))
     assert result.returncode == 1
     assert "cannot read http://127.0.0.1:" in result.stderr
+
+
+def test_status_says_when_the_api_is_off(tmp_path):
+    config = write_config(
+        tmp_path,
+        "provider.file,noop.a",
+        {"provider": {"file": {"path": "s.yml"}}},
+        listenPort=0,
+    )
+    result = run("status", "-c", str(config))
+    assert result.returncode == 1
+    assert "the API is off" in result.stderr
