@@ -526,7 +526,15 @@ class Core:
             raise
 
     def _dispatch(self, request: StepRequest) -> None:
-        """Send a request to an instance with room, or queue it for one."""
+        """Send a request to an instance with room, or queue it for one.
+
+        Requests already waiting for the step go first: a new one joins the
+        end of the queue, which is served as instances free up.
+        """
+        if self.instances.queues.get(request.step):
+            self.instances.enqueue(request.step, request.request_id)
+            self._freed_steps.add(request.step)
+            return
         instance = self.instances.pick(request.step)
         if instance is None or not self._send_step(instance, request):
             self.instances.release(request.request_id)
