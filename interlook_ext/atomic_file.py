@@ -1,4 +1,4 @@
-"""Replacing a file so that a crash leaves the old version or the new, never half."""
+"""An extension's own state files: read when present, replaced whole, never half."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+from interlook_core.errors import ConfigError
+
+__all__ = ["read_if_present", "write_atomically"]
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
@@ -39,3 +41,21 @@ def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def read_if_present(path: Path, what: str) -> str | None:
+    """The text of a state file, or None when it does not exist yet.
+
+    Args:
+        path: the file.
+        what: how the error names it, e.g. ``"ipam.file: db_file"``.
+
+    Raises:
+        ConfigError: the file exists but cannot be read.
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc}") from exc

@@ -58,7 +58,7 @@ from interlook_core.config import (
 )
 from interlook_core.errors import ConfigError, StepError
 from interlook_core.service import Service, is_valid_hostname, is_valid_service_name
-from interlook_ext.atomic_file import write_atomically
+from interlook_ext.atomic_file import read_if_present, write_atomically
 from interlook_ext.base import Provisioner
 
 __all__ = ["Rfc2136Dns", "Rfc2136Settings"]
@@ -198,14 +198,9 @@ class Rfc2136Dns(Provisioner):
     # -- the state file -------------------------------------------------------
 
     def _load_state(self) -> dict[str, list[str]]:
-        try:
-            text = self.state_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        text = read_if_present(self.state_file, "dns.rfc2136: stateFile")
+        if text is None:
             return {}
-        except OSError as exc:
-            raise ConfigError(
-                f"dns.rfc2136: cannot read stateFile {self.state_file}: {exc}"
-            ) from exc
         try:
             services = json.loads(text)["services"]
             if not isinstance(services, dict) or not all(

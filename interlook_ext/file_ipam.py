@@ -24,7 +24,7 @@ from pydantic import model_validator
 from interlook_core.config import ConfigPath, ExtensionSettings
 from interlook_core.errors import ConfigError, StepError
 from interlook_core.service import Service
-from interlook_ext.atomic_file import write_atomically
+from interlook_ext.atomic_file import read_if_present, write_atomically
 from interlook_ext.base import Provisioner
 
 __all__ = ["FileIpam", "FileIpamSettings"]
@@ -100,14 +100,9 @@ class FileIpam(Provisioner):
         return dict(self._allocations)
 
     def _load(self) -> dict[str, str]:
-        try:
-            text = self.db_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        text = read_if_present(self.db_file, "ipam.file: db_file")
+        if text is None:
             return {}
-        except OSError as exc:
-            raise ConfigError(
-                f"ipam.file: cannot read db_file {self.db_file}: {exc}"
-            ) from exc
         try:
             data = json.loads(text)
             allocations = data["allocations"]

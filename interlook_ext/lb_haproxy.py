@@ -47,7 +47,7 @@ from interlook_core.config import (
 )
 from interlook_core.errors import ConfigError, StepError
 from interlook_core.service import Service
-from interlook_ext.atomic_file import write_atomically
+from interlook_ext.atomic_file import read_if_present, write_atomically
 from interlook_ext.base import Provisioner
 from interlook_ext.haproxy_config import (
     BadDefinition,
@@ -229,14 +229,9 @@ class HaproxyLoadBalancer(Provisioner):
     # -- files ---------------------------------------------------------------
 
     def _load_state(self) -> dict[str, LbRecord]:
-        try:
-            text = self.state_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        text = read_if_present(self.state_file, "lb.haproxy: stateFile")
+        if text is None:
             return {}
-        except OSError as exc:
-            raise ConfigError(
-                f"lb.haproxy: cannot read stateFile {self.state_file}: {exc}"
-            ) from exc
         try:
             raw = json.loads(text)["services"]
             records = [LbRecord.from_json(item) for item in raw]
